@@ -1,0 +1,8 @@
+"""spark-submit entry point: `spark-submit jobs/recommend.py --config conf/cluster.yaml`."""
+
+import sys
+
+from recspark.jobs import stage_main
+
+if __name__ == "__main__":
+    sys.exit(stage_main("recommend", sys.argv[1:]))

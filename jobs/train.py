@@ -1,0 +1,8 @@
+"""spark-submit entry point: `spark-submit jobs/train.py --config conf/cluster.yaml`."""
+
+import sys
+
+from recspark.jobs import stage_main
+
+if __name__ == "__main__":
+    sys.exit(stage_main("train", sys.argv[1:]))

@@ -1,0 +1,245 @@
+"""Typed, frozen configuration: YAML files plus ``--set dotted.key=value`` overrides.
+
+The YAML is data, never executed: it is read with ``yaml.safe_load`` and every value is checked
+against the type of the dataclass field it lands in. A wrong key or type is a one-line
+``ConfigError`` naming the key and the file (or ``--set``). Stage sections live beside their
+stage (``recspark/<stage>/config.py``) so that each stage owns its settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from recspark.embed.config import EmbedConfig
+from recspark.errors import ConfigError
+from recspark.evaluate.config import EvaluateConfig
+from recspark.generate.config import GenerateConfig
+from recspark.ingest.config import IngestConfig
+from recspark.recommend.config import RecommendConfig
+from recspark.train.config import TrainConfig
+
+DEFAULT_CONFIG = "conf/local.yaml"
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where the raw inputs are (contract: ``input.events``, ``input.items``)."""
+
+    events: str = "data/events"
+    items: str = "data/items"
+    # jsonl, parquet, or auto (by file extension; a folder is read as its files).
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the session is built. ``master: null`` leaves it to spark-submit / the cluster."""
+
+    master: str | None = "local[2]"
+    app_name: str = "recspark"
+    shuffle_partitions: int = 8
+    ui: bool = False
+    driver_memory: str | None = "4g"
+    # Extra Spark settings, passed through unchanged (values redacted in logs when secret).
+    conf: dict[str, str] = field(default_factory=dict)
+    # Delta jars: resolved through Ivy into this cache (default ~/.cache/recspark/ivy), or
+    # given directly as a comma-separated list of jar paths (skips resolution).
+    jars_cache: str | None = None
+    jars: str | None = None
+    # On Databricks (or any runtime that ships Delta), set false: nothing is resolved.
+    configure_delta_jars: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of one run."""
+
+    warehouse: str = "warehouse"
+    seed: int = 42
+    # A run id names one run in quarantine, recommendations and metrics; generated when null.
+    run_id: str | None = None
+    input: InputConfig = field(default_factory=InputConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    # Where the config came from, for messages; not a key users set.
+    source: str = field(default="<defaults>", compare=False)
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and return it in the field's type."""
+
+    def bad() -> ConfigError:
+        return ConfigError(
+            f"{source}: key '{key}' expected {_type_name(tp)}, found {value!r} "
+            f"({type(value).__name__})"
+        )
+
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad()
+        return _build(tp, value, key, source)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                continue
+        raise bad()
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise bad()
+        return value
+    if origin is dict:
+        ktp, vtp = get_args(tp)
+        if not isinstance(value, dict):
+            raise bad()
+        return {
+            _coerce(k, ktp, f"{key}.{k}", source): _coerce(v, vtp, f"{key}.{k}", source)
+            for k, v in value.items()
+        }
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise bad()
+        (etp, _ellipsis) = get_args(tp)
+        return tuple(_coerce(v, etp, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad()
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad()
+        return float(value)
+    if tp is str:
+        # YAML turns 2024-01-01 into a date and 1e3 into a float; keep scalars as text.
+        if isinstance(value, dict | list) or value is None:
+            raise bad()
+        return value if isinstance(value, str) else str(value)
+    raise ConfigError(f"{source}: key '{key}' has an unsupported type {tp!r}")  # a bug
+
+
+def _build(cls: Any, data: dict[str, Any], prefix: str, source: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"{source}: unknown key '{where}{unknown[0]}' (expected one of: {', '.join(sorted(names))})"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key, source)
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:  # a section's own __post_init__ check
+        raise ConfigError(f"{source}: {prefix or 'config'}: {e}") from e
+    return obj
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set: key '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``dotted.key=value``; the value is read as a YAML scalar (data, not code)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set: expected dotted.key=value, found {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set: key '{key}': unreadable value {raw!r}") from e
+    return key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read, override and validate a configuration.
+
+    Args:
+        path: a YAML file; ``None`` means ``conf/local.yaml`` when it exists, else defaults.
+        overrides: ``dotted.key=value`` strings applied after the file.
+
+    Returns:
+        The validated, frozen configuration.
+
+    Raises:
+        ConfigError: naming the key and the file for any unknown key or wrong type.
+    """
+    source = "<defaults>"
+    tree: dict[str, Any] = {}
+    if path is None and Path(DEFAULT_CONFIG).exists():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{source}: not valid YAML: {str(e).splitlines()[0]}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: expected a mapping of keys at the top, found {type(loaded).__name__}")
+        tree = loaded
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    if overrides:
+        source = f"{source} (with --set)"
+    cfg = _build(Config, tree, "", source)
+    return typing.cast(Config, dataclasses.replace(cfg, source=source))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The configuration as plain data (for logs, reports and MLflow params)."""
+    return typing.cast(dict[str, Any], dataclasses.asdict(cfg))

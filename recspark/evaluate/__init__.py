@@ -1,0 +1,1 @@
+"""recspark evaluate stage."""

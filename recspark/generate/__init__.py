@@ -1,0 +1,1 @@
+"""recspark generate stage."""

@@ -1,0 +1,1 @@
+"""recspark ingest stage."""

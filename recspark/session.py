@@ -1,0 +1,64 @@
+"""The one session factory: it takes a builder and returns it configured, as Delta's
+``configure_spark_with_delta_pip`` does. Nothing here creates a global session."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from recspark.config import SparkConfig
+from recspark.jars import default_cache, ensure_delta_jars
+
+_SECRET = re.compile(r"(secret|password|token|credential|access\.key|sas|account\.key)", re.I)
+
+
+def redact(conf: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``conf`` with the values of secret-looking keys replaced by ``***``."""
+    return {k: ("***" if _SECRET.search(k) else v) for k, v in conf.items()}
+
+
+def spark_settings(cfg: SparkConfig, jars: list[str] | None) -> dict[str, str]:
+    """The Spark settings recspark needs, as a pure function of the config (unit-tested)."""
+    conf: dict[str, str] = {
+        "spark.app.name": cfg.app_name,
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.shuffle.partitions": str(cfg.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "true" if cfg.ui else "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Ingest reads many small JSON files; AQE coalesces the shuffles after it.
+        "spark.sql.adaptive.enabled": "true",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # Delta rebuilds table state with this many tasks (default 50: slow on small data).
+        "spark.databricks.delta.snapshotPartitions": str(max(1, min(50, cfg.shuffle_partitions))),
+        "spark.ui.showConsoleProgress": "true" if cfg.ui else "false",
+    }
+    if cfg.driver_memory:
+        conf["spark.driver.memory"] = cfg.driver_memory
+    if jars:
+        conf["spark.jars"] = ",".join(jars)
+    conf.update(cfg.conf)
+    return conf
+
+
+def configure(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.Builder:
+    """Configure ``builder`` for recspark: Delta, time zone, shuffle partitions, UI, jars.
+
+    The Delta jars are resolved once into a cache (never at every start); with
+    ``configure_delta_jars: false`` (Databricks, or a cluster that ships Delta) none are added.
+    """
+    jars: list[str] | None = None
+    if cfg.jars:
+        jars = [j.strip() for j in cfg.jars.split(",") if j.strip()]
+    elif cfg.configure_delta_jars:
+        cache = default_cache() if cfg.jars_cache is None else Path(cfg.jars_cache)
+        jars = ensure_delta_jars(cache)
+    if cfg.master:
+        builder = builder.master(cfg.master)
+    for key, value in spark_settings(cfg, jars).items():
+        builder = builder.config(key, value)
+    return builder

@@ -1,0 +1,1 @@
+"""recspark train stage."""
