@@ -54,7 +54,9 @@ def build_session(cfg: Config) -> SparkSession:
     return configure(SparkSession.builder, cfg.spark).getOrCreate()
 
 
-def run_stages(names: Sequence[str], cfg: Config, spark: SparkSession | None = None) -> list[dict[str, Any]]:
+def run_stages(
+    names: Sequence[str], cfg: Config, spark: SparkSession | None = None
+) -> list[dict[str, Any]]:
     """Run stages in order on one session and print each stage's summary as a JSON line."""
     cfg = with_run_id(cfg)
     own = spark is None

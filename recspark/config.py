@@ -200,7 +200,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
     """Read, override and validate a configuration.
 
     Args:
@@ -229,7 +231,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: expected a mapping of keys at the top, found {type(loaded).__name__}")
+            raise ConfigError(
+                f"{source}: expected a mapping of keys at the top, found {type(loaded).__name__}"
+            )
         tree = loaded
     for text in overrides:
         key, value = parse_override(text)

@@ -110,7 +110,9 @@ def ensure_delta_jars(cache: Path | None = None, timeout: float = RESOLVE_TIMEOU
         try:
             jars = fn()
         except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-            errors.append(f"{name}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}")
+            errors.append(
+                f"{name}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}"
+            )
             continue
         for j in jars:
             target = out / Path(j).name

@@ -62,6 +62,10 @@ METRIC = "metric"
 K = "k"
 MODEL = "model"
 SPLIT = "split"
+VECTOR = "vector"  # gold/item_vectors, gold/user_vectors (train); scored by dot product
+POPULARITY = "popularity"  # recommend/evaluate: sum of interaction weights of an item
+IS_COLD = "is_cold"  # recommend/evaluate: an item with no interactions
+SEEN = "seen"  # recommend: the items a user interacted with
 
 # Accepted event types (contract); their weights are configurable.
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "rating")
@@ -216,5 +220,6 @@ def require_columns(df_columns: list[str], needed: list[str] | tuple[str, ...], 
     missing = [c for c in needed if c not in df_columns]
     if missing:
         raise SchemaError(
-            f"{what}: expected columns {sorted(needed)}, missing {missing}; found {sorted(df_columns)}"
+            f"{what}: expected columns {sorted(needed)}, missing {missing}; "
+            f"found {sorted(df_columns)}"
         )

@@ -21,6 +21,8 @@ GOLD_ITEM_EMBEDDINGS = "gold/item_embeddings"
 GOLD_USER_EMBEDDINGS = "gold/user_embeddings"
 GOLD_RECOMMENDATIONS = "gold/recommendations"
 GOLD_METRICS = "gold/metrics"
+GOLD_ITEM_VECTORS = "gold/item_vectors"
+GOLD_USER_VECTORS = "gold/user_vectors"
 
 # Which stage writes each table, for "run that stage first" messages.
 WRITTEN_BY = {
@@ -33,6 +35,8 @@ WRITTEN_BY = {
     GOLD_USER_EMBEDDINGS: "embed",
     GOLD_RECOMMENDATIONS: "recommend",
     GOLD_METRICS: "evaluate",
+    GOLD_ITEM_VECTORS: "train",
+    GOLD_USER_VECTORS: "train",
 }
 
 

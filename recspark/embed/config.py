@@ -23,3 +23,29 @@ class EmbedConfig:
     torch_threads: int = 0
     # On a GPU, run in float16.
     half_precision: bool = True
+    # Partitions the items to embed are spread over; 0 = the session's default parallelism
+    # (one task per executor core, so that every core runs the model).
+    num_partitions: int = 0
+
+    def __post_init__(self) -> None:
+        # ValueError here becomes a one-line ConfigError naming the section (recspark.config).
+        checks = {
+            "batch_size": self.batch_size >= 1,
+            "max_length": 2 <= self.max_length <= 8192,
+            "arrow_batch_size": self.arrow_batch_size >= 1,
+            "torch_threads": self.torch_threads >= 0,
+            "num_partitions": self.num_partitions >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            name = bad[0]
+            expected = {
+                "batch_size": ">= 1",
+                "max_length": "between 2 and 8192",
+                "arrow_batch_size": ">= 1",
+                "torch_threads": ">= 0 (0 = cores per task)",
+                "num_partitions": ">= 0 (0 = default parallelism)",
+            }[name]
+            raise ValueError(f"key '{name}' expected {expected}, found {getattr(self, name)!r}")
+        if not self.model.strip():
+            raise ValueError("key 'model' expected 'default' or a local model folder, found ''")

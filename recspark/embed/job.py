@@ -1,14 +1,140 @@
-"""The embed stage's run function (not built yet)."""
+"""``recspark embed``: item and user embeddings from ``silver/items`` and ``silver/interactions``.
+
+Reads the silver tables, embeds only the items whose text hash or model changed, MERGEs them
+into ``gold/item_embeddings`` on ``item_id`` (dropping items no longer in the catalog), and
+rewrites ``gold/user_embeddings``. A rerun on unchanged items embeds and writes nothing to
+``gold/item_embeddings``.
+"""
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
+from pyspark import StorageLevel
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
+from recspark import tables
 from recspark.config import Config
-from recspark.errors import StageNotReadyError
+from recspark.embed.model import encode_settings
+from recspark.embed.transforms import embed_items, prepare_items, user_embeddings
+from recspark.errors import ModelError
+from recspark.schema import (
+    EMBEDDING,
+    ITEM_ID,
+    MODEL_NAME,
+    TEXT,
+    TEXT_HASH,
+    USER_ID,
+    WEIGHT,
+    require_columns,
+)
+
+ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
+_WORKER_MODEL_ERROR = re.compile(r"recspark\.errors\.ModelError: (.*)")
+
+
+def _count(df: Any) -> int:
+    return int(df.count())
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    raise StageNotReadyError("the embed stage is not built yet")
+    """Embed new and changed items, refresh user embeddings, return a summary.
+
+    Raises:
+        ModelError: the model folder is missing, incomplete or unreadable.
+        StageNotReadyError: ``silver/items`` or ``silver/interactions`` does not exist.
+        SchemaError: an input table lacks a needed column.
+    """
+    t0 = time.perf_counter()
+    ecfg = cfg.embed
+    settings = encode_settings(ecfg)  # checks the model folder before any Spark work
+    wh = cfg.warehouse
+
+    raw_items = tables.read(spark, wh, tables.SILVER_ITEMS)
+    require_columns(
+        raw_items.columns, [ITEM_ID, TEXT, TEXT_HASH], tables.table_path(wh, tables.SILVER_ITEMS)
+    )
+    interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
+    require_columns(
+        interactions.columns,
+        [USER_ID, ITEM_ID, WEIGHT],
+        tables.table_path(wh, tables.SILVER_INTERACTIONS),
+    )
+    existing = None
+    if tables.exists(spark, tables.table_path(wh, tables.GOLD_ITEM_EMBEDDINGS)):
+        existing = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
+        require_columns(
+            existing.columns,
+            [ITEM_ID, EMBEDDING, MODEL_NAME, TEXT_HASH],
+            tables.table_path(wh, tables.GOLD_ITEM_EMBEDDINGS),
+        )
+
+    items = prepare_items(raw_items)
+    item_rows = _count(raw_items)
+    items_total = _count(items)
+    removed = existing.join(items, on=ITEM_ID, how="left_anti") if existing is not None else None
+    items_removed = _count(removed) if removed is not None else 0
+
+    num_partitions = ecfg.num_partitions or spark.sparkContext.defaultParallelism
+    previous_arrow = spark.conf.get(ARROW_BATCH_CONF, None)
+    spark.conf.set(ARROW_BATCH_CONF, str(ecfg.arrow_batch_size))
+    embedded = embed_items(
+        items, settings, existing=existing, num_partitions=num_partitions
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    t_embed = time.perf_counter()
+    try:
+        try:
+            # The one pass that runs the model; the MERGE below reads the persisted rows
+            # (a MERGE scans its source twice, which must not run the model twice).
+            items_embedded = _count(embedded)
+        except PySparkException as e:
+            found = _WORKER_MODEL_ERROR.search(str(e))
+            if found:
+                raise ModelError(found.group(1).strip()) from e
+            raise
+        embed_seconds = time.perf_counter() - t_embed
+
+        if existing is None:
+            tables.merge_upsert(spark, embedded, wh, tables.GOLD_ITEM_EMBEDDINGS, [ITEM_ID])
+        elif items_removed:
+            # The full desired table, so that the MERGE can also delete removed items.
+            kept = existing.join(items.select(ITEM_ID), on=ITEM_ID, how="left_semi").join(
+                embedded.select(ITEM_ID), on=ITEM_ID, how="left_anti"
+            )
+            full = kept.select(*embedded.columns).unionByName(embedded)
+            tables.merge_upsert(
+                spark, full, wh, tables.GOLD_ITEM_EMBEDDINGS, [ITEM_ID], delete_missing=True
+            )
+        elif items_embedded:
+            tables.merge_upsert(spark, embedded, wh, tables.GOLD_ITEM_EMBEDDINGS, [ITEM_ID])
+    finally:
+        embedded.unpersist()
+        if previous_arrow is None:
+            spark.conf.unset(ARROW_BATCH_CONF)
+        else:
+            spark.conf.set(ARROW_BATCH_CONF, previous_arrow)
+
+    gold_items = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
+    tables.overwrite(user_embeddings(interactions, gold_items), wh, tables.GOLD_USER_EMBEDDINGS)
+    users = _count(tables.read(spark, wh, tables.GOLD_USER_EMBEDDINGS))
+    users_total = _count(interactions.select(USER_ID).distinct())
+
+    return {
+        "stage": "embed",
+        "model_name": settings.model_name,
+        "model_path": settings.model_path,
+        "items_total": items_total,
+        "duplicate_item_rows": item_rows - items_total,
+        "items_embedded": items_embedded,
+        "items_unchanged": items_total - items_embedded,
+        "items_removed": items_removed,
+        "users": users,
+        "users_without_embedding": users_total - users,
+        "embed_seconds": round(embed_seconds, 3),
+        "texts_per_second": round(items_embedded / embed_seconds, 1) if embed_seconds > 0 else None,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+

@@ -47,5 +47,5 @@ class GenerateConfig:
     taste_strength: float = 0.8  # probability that an event follows the user's taste
     cold_items: float = 0.05  # share of catalog items that get no events at all
     bot_users: int = 2
-    bot_events_per_user: int = 2_000  # at one event every 3-6 s, several sustained hours
+    bot_events_per_user: int = 4_000  # one event every 3 s: over 3 sustained hours
     faults: FaultRates = field(default_factory=FaultRates)

@@ -39,7 +39,9 @@ class IngestConfig:
     files_per_partition: int = 1
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.event_weights) - {"view", "click", "add_to_cart", "purchase", "rating"})
+        unknown = sorted(
+            set(self.event_weights) - {"view", "click", "add_to_cart", "purchase", "rating"}
+        )
         if unknown:
             raise ValueError(f"event_weights: unknown event type {unknown[0]!r}")
         if self.session_gap_minutes <= 0:

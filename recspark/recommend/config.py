@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
 class RecommendConfig:
-    """Top-K size, exclusions and cold-start handling."""
+    """Top-K size, exclusions, cold-start handling and how the kernel runs."""
 
     k: int = 10
+    # Leave out items the user already interacted with (contract default).
     exclude_seen: bool = True
+    # Places of each list kept for items with no interactions yet (0 disables).
     cold_item_slots: int = 1
-    user_block_size: int = 4096
-    item_block_size: int = 65536
+    # Users per matrix product inside a task, and items per block (partial top-Ks are merged):
+    # a task holds one user_block_size x item_block_size float32 score matrix at a time.
+    user_block_size: int = 1024
+    item_block_size: int = 16384
+    # torch threads per Spark task (Spark already runs one task per core).
+    torch_threads: int = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Write a readable reason per row ("because you liked <title>").
+    reasons: bool = True
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, found {self.k}")
+        if self.cold_item_slots < 0:
+            raise ValueError(f"cold_item_slots must be >= 0, found {self.cold_item_slots}")
+        for name in ("user_block_size", "item_block_size", "torch_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")

@@ -1,14 +1,128 @@
-"""The recommend stage's run function (not built yet)."""
+"""``recspark recommend``: exact top-K for every user into ``gold/recommendations``.
+
+Reads ``gold/item_vectors`` and ``gold/user_vectors`` (train), ``silver/interactions`` and
+``silver/items`` (ingest); writes the whole table for the run in one Delta overwrite commit, so
+readers see the previous run or this one, and earlier runs stay reachable by time travel.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
+from recspark import tables
 from recspark.config import Config
-from recspark.errors import StageNotReadyError
+from recspark.errors import ModelError, SchemaError
+from recspark.recommend.config import RecommendConfig
+from recspark.recommend.transforms import ItemIndex, ScoreParams, item_catalog, recommend
+from recspark.schema import IS_COLD, ITEM_ID, MODEL_VERSION, TITLE, USER_ID, VECTOR
+
+
+def score_params(rc: RecommendConfig) -> ScoreParams:
+    """The kernel's parameters from the stage config (pure)."""
+    from recspark.recommend.kernel import pick_device
+
+    return ScoreParams(
+        k=rc.k,
+        exclude_seen=rc.exclude_seen,
+        cold_item_slots=rc.cold_item_slots,
+        user_block_size=rc.user_block_size,
+        item_block_size=rc.item_block_size,
+        torch_threads=rc.torch_threads,
+        reasons=rc.reasons,
+        device=pick_device(rc.device).type,
+    )
+
+
+def choose_model_version(item_versions: Iterable[str], user_versions: Iterable[str]) -> str:
+    """The model version to serve: the newest (largest) version present in both tables.
+
+    Raises:
+        ModelError: when the two tables share no model version.
+    """
+    common = sorted(set(item_versions) & set(user_versions))
+    if not common:
+        raise ModelError(
+            f"gold/item_vectors has model versions {sorted(set(item_versions))} and "
+            f"gold/user_vectors has {sorted(set(user_versions))}: expected a common one; "
+            "run `recspark train` again"
+        )
+    return common[-1]
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    raise StageNotReadyError("the recommend stage is not built yet")
+    """Write ``gold/recommendations`` for this run and return a summary."""
+    from recspark.cli import new_run_id
+
+    wh = cfg.warehouse
+    run_id = cfg.run_id or new_run_id()
+    item_vectors = tables.read(spark, wh, tables.GOLD_ITEM_VECTORS)
+    user_vectors = tables.read(spark, wh, tables.GOLD_USER_VECTORS)
+    interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
+    items = tables.read(spark, wh, tables.SILVER_ITEMS)
+    for df, name in ((item_vectors, tables.GOLD_ITEM_VECTORS),
+                     (user_vectors, tables.GOLD_USER_VECTORS)):
+        missing = [c for c in (VECTOR, MODEL_VERSION) if c not in df.columns]
+        if missing:
+            raise SchemaError(f"{name}: expected columns {VECTOR}, {MODEL_VERSION}; missing {missing}")
+    model_version = choose_model_version(
+        [r[0] for r in item_vectors.select(MODEL_VERSION).distinct().collect()],
+        [r[0] for r in user_vectors.select(MODEL_VERSION).distinct().collect()],
+    )
+    item_vectors = item_vectors.where(F.col(MODEL_VERSION) == model_version)
+    user_vectors = user_vectors.where(F.col(MODEL_VERSION) == model_version)
+
+    catalog = item_catalog(item_vectors, items, interactions).cache()
+    try:
+        pdf = (
+            catalog.where(F.col(VECTOR).isNotNull())
+            .select(ITEM_ID, VECTOR, TITLE, IS_COLD)
+            .toPandas()
+        )
+        index = ItemIndex.from_pandas(pdf)
+        if not index.ids:
+            raise ModelError(f"{tables.GOLD_ITEM_VECTORS}: no item vectors for {model_version}")
+        user_dims = [
+            r[0] for r in user_vectors.select(F.size(VECTOR)).distinct().limit(5).collect()
+        ]
+        if any(d != index.dim for d in user_dims):
+            raise SchemaError(
+                f"{tables.GOLD_USER_VECTORS}: expected vectors of length {index.dim} (the item "
+                f"vectors'), found lengths {sorted(user_dims)}"
+            )
+        recs = recommend(
+            user_vectors,
+            interactions,
+            catalog,
+            index,
+            score_params(cfg.recommend),
+            model_version=model_version,
+            run_id=run_id,
+            generated_at=datetime.now(UTC),
+        )
+        tables.overwrite(recs, wh, tables.GOLD_RECOMMENDATIONS)
+    finally:
+        catalog.unpersist()
+    path = tables.table_path(wh, tables.GOLD_RECOMMENDATIONS)
+    written = spark.read.format("delta").load(path)
+    stats = written.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.countDistinct(USER_ID).alias("users"),
+        F.countDistinct(ITEM_ID).alias("distinct_items"),
+    ).first()
+    history = DeltaTable.forPath(spark, path).history(1).select("version").first()
+    return {
+        "stage": "recommend",
+        "run_id": run_id,
+        "model_version": model_version,
+        "rows": int(stats["rows"]) if stats else 0,
+        "users": int(stats["users"]) if stats else 0,
+        "distinct_items": int(stats["distinct_items"]) if stats else 0,
+        "items_scored": len(index.ids),
+        "table_version": int(history["version"]) if history else 0,
+    }

@@ -26,3 +26,37 @@ class TrainConfig:
     validation_days: float = 7.0
     mlflow_tracking_uri: str | None = None  # default: file store under <warehouse>/mlruns
     experiment: str = "recspark"
+    # Model version (folder name under <warehouse>/models). Null: derived from the train
+    # settings, the seed and the Delta versions of the input tables, so that starting the same
+    # run again resumes it from its last checkpoint instead of starting over.
+    model_version: str | None = None
+    # Validation ranking metric for early stopping: ndcg@k over all items, history excluded.
+    validation_k: int = 10
+    # Petastorm reader: "thread" (background workers) or "dummy" (in the training thread,
+    # deterministic batch order; used by tests).
+    reader_pool: Literal["thread", "dummy"] = "thread"
+    reader_workers: int = 2
+    # Rows shuffled together before batching (per worker).
+    shuffle_buffer: int = 8192
+    # Parquet files per training data set (at least num_proc, so every worker gets a shard).
+    data_files: int = 8
+    # Torch threads per training process; 0 = the driver's cores / num_proc.
+    torch_threads: int = 0
+    # Seconds horovod.spark.run waits for its tasks to start.
+    start_timeout: int = 600
+
+    def __post_init__(self) -> None:
+        if self.num_proc < 1:
+            raise ValueError(f"num_proc must be >= 1, found {self.num_proc}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, found {self.epochs}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (in-batch negatives), found {self.batch_size}")
+        if not 0.0 <= self.item_id_dropout < 1.0:
+            raise ValueError(f"item_id_dropout must be in [0, 1), found {self.item_id_dropout}")
+        if self.history_len < 1 or self.dim < 1 or self.recency_half_life <= 0:
+            raise ValueError("history_len, dim and recency_half_life must be > 0")
+        if self.data_files < self.num_proc:
+            raise ValueError(
+                f"data_files ({self.data_files}) must be >= num_proc ({self.num_proc})"
+            )

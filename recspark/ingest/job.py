@@ -1,0 +1,187 @@
+"""``recspark ingest``: raw events and catalog to reconciled Delta tables.
+
+Reads input, calls the pure transforms of :mod:`recspark.ingest.transforms`, writes
+``silver/items``, ``silver/events`` (MERGE on the event key), ``silver/quarantine`` (MERGE on the
+record key), ``silver/interactions`` (rebuilt from all of ``silver/events``) and a run summary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recspark import schema as S
+from recspark import tables as T
+from recspark.config import Config
+from recspark.errors import ConfigError, ReconciliationError
+from recspark.ingest import transforms as X
+from recspark.io import read_raw
+
+
+def _parse_utc(text: str, key: str) -> datetime:
+    try:
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise ConfigError(f"key '{key}': expected an ISO-8601 time, found {text!r}") from e
+    return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+
+
+def summarize(classified: DataFrame) -> dict[str, Any]:
+    """Counts by status and by quarantine reason, in one pass (an action: jobs only)."""
+    rows = classified.groupBy(X.STATUS, S.REASON).agg(F.count(F.lit(1)).alias("n")).collect()
+    by_status = {"accepted": 0, "quarantined": 0, "duplicate": 0}
+    by_reason: dict[str, int] = {}
+    for r in rows:
+        by_status[r[X.STATUS]] += int(r["n"])
+        if r[S.REASON] is not None:
+            by_reason[r[S.REASON]] = by_reason.get(r[S.REASON], 0) + int(r["n"])
+    return {
+        "accepted": by_status["accepted"],
+        "quarantined": by_status["quarantined"],
+        "duplicates": by_status["duplicate"],
+        "quarantined_by_reason": dict(sorted(by_reason.items())),
+    }
+
+
+def reconcile(input_name: str, read: int, counts: dict[str, Any]) -> None:
+    """Fail when ``read != accepted + quarantined + duplicates``."""
+    total = counts["accepted"] + counts["quarantined"] + counts["duplicates"]
+    if read != total:
+        raise ReconciliationError(
+            f"{input_name}: read {read} records but accepted {counts['accepted']} + quarantined "
+            f"{counts['quarantined']} + duplicates {counts['duplicates']} = {total}"
+        )
+
+
+def _ingest_items(
+    spark: SparkSession, cfg: Config, run_id: str
+) -> tuple[DataFrame, dict[str, Any]]:
+    raw = read_raw(spark, cfg.input.items, cfg.input.format).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        read = raw.count()
+        classified = X.classify_items(raw).persist(StorageLevel.MEMORY_AND_DISK)
+        counts = summarize(classified)
+        reconcile("items", read, counts)
+        accepted = X.to_silver_items(classified.where(F.col(X.STATUS) == "accepted"))
+        T.merge_upsert(spark, accepted, cfg.warehouse, T.SILVER_ITEMS, keys=[S.ITEM_ID])
+        rejected = classified.where(F.col(X.STATUS) == "quarantined")
+        quarantined_new = T.merge_new(
+            spark,
+            X.to_quarantine(rejected, run_id=run_id, input_name="items"),
+            cfg.warehouse,
+            T.SILVER_QUARANTINE,
+            keys=[S.RECORD_KEY],
+        )
+        classified.unpersist()
+    finally:
+        raw.unpersist()
+    items = T.read(spark, cfg.warehouse, T.SILVER_ITEMS)
+    return items, {
+        "input": "items",
+        "read": read,
+        **counts,
+        "inserted": counts["accepted"],
+        "quarantine_inserted": quarantined_new,
+    }
+
+
+def _ingest_events(
+    spark: SparkSession, cfg: Config, run_id: str, items: DataFrame, run_time: datetime
+) -> dict[str, Any]:
+    ic = cfg.ingest
+    min_ts, max_ts = X.event_window(
+        run_time, min_ts=_parse_utc(ic.min_ts, "ingest.min_ts"), lead_days=ic.max_ts_lead_days
+    )
+    raw = read_raw(spark, cfg.input.events, cfg.input.format)
+    classified = X.classify_events(
+        raw,
+        items,
+        min_ts=min_ts,
+        max_ts=max_ts,
+        event_types=tuple(S.EVENT_TYPES),
+        quarantine_unknown_items=ic.quarantine_unknown_items,
+        broadcast_catalog=ic.broadcast_catalog,
+        bot_events_per_hour=ic.bot.events_per_hour if ic.bot.enabled else None,
+        bot_min_busy_hours=ic.bot.min_busy_hours,
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        read = raw.count()
+        counts = summarize(classified)
+        reconcile("events", read, counts)
+        accepted = classified.where(F.col(X.STATUS) == "accepted")
+        events = X.to_silver_events(
+            X.sessionize(accepted, gap_minutes=ic.session_gap_minutes), run_id=run_id
+        )
+        if ic.files_per_partition > 0:
+            events = events.repartition(ic.files_per_partition, S.EVENT_DATE)
+        inserted = T.merge_new(
+            spark,
+            events,
+            cfg.warehouse,
+            T.SILVER_EVENTS,
+            keys=[S.EVENT_KEY],
+            partition_by=[S.EVENT_DATE],
+        )
+        rejected = classified.where(F.col(X.STATUS) == "quarantined")
+        quarantined_new = T.merge_new(
+            spark,
+            X.to_quarantine(rejected, run_id=run_id, input_name="events"),
+            cfg.warehouse,
+            T.SILVER_QUARANTINE,
+            keys=[S.RECORD_KEY],
+        )
+    finally:
+        classified.unpersist()
+    return {
+        "input": "events",
+        "read": read,
+        **counts,
+        "inserted": inserted,
+        "already_present": counts["accepted"] - inserted,
+        "quarantine_inserted": quarantined_new,
+    }
+
+
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Ingest the configured catalog and events into the warehouse; return the run summary."""
+    run_id = cfg.run_id or "manual"
+    run_time = datetime.now(UTC)
+    items, item_summary = _ingest_items(spark, cfg, run_id)
+    event_summary = _ingest_events(spark, cfg, run_id, items, run_time)
+
+    all_events = T.read(spark, cfg.warehouse, T.SILVER_EVENTS)
+    interactions = X.build_interactions(
+        all_events,
+        event_weights=cfg.ingest.event_weights,
+        decay_half_life_days=cfg.ingest.decay_half_life_days,
+    )
+    T.overwrite(interactions, cfg.warehouse, T.SILVER_INTERACTIONS)
+
+    finished = datetime.now(UTC)
+    log = spark.createDataFrame(
+        [
+            (
+                run_id,
+                s["input"],
+                s["read"],
+                s["accepted"],
+                s["inserted"],
+                s["quarantined"],
+                s["duplicates"],
+                s["quarantined_by_reason"],
+                finished,
+            )
+            for s in (item_summary, event_summary)
+        ],
+        S.INGEST_RUNS_SCHEMA,
+    )
+    T.append(log, cfg.warehouse, T.SILVER_INGEST_RUNS)
+    for s in (item_summary, event_summary):
+        print(f"[recspark] ingest {s['input']}: " + json.dumps(s, sort_keys=True), file=sys.stderr)
+    return {"run_id": run_id, "items": item_summary, "events": event_summary}

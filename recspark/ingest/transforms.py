@@ -1,0 +1,542 @@
+"""Pure transforms of the ingest stage: raw records in, classified and clean DataFrames out.
+
+Every input record is classified exactly once: quarantined (``reason`` set), a duplicate
+(``is_duplicate``), or accepted. Nothing here reads, writes, counts or collects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructField, StructType
+
+from recspark import schema as S
+
+CORRUPT = "_corrupt_record"
+IS_DUPLICATE = "is_duplicate"
+STATUS = "status"  # accepted | quarantined | duplicate
+
+# Reason codes written to silver/quarantine.
+EMPTY_RECORD = "empty_record"
+MALFORMED_JSON = "malformed_json"
+MISSING_FIELD = "missing_field"
+BAD_TYPE = "bad_type"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+BAD_TIMESTAMP = "bad_timestamp"
+OUT_OF_WINDOW = "out_of_window"
+BAD_VALUE = "bad_value"
+UNKNOWN_ITEM = "unknown_item"
+BOT = "bot"
+DUPLICATE_ITEM_ID = "duplicate_item_id"
+
+_NUMBER = r"^[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
+_ISO_WITH_OFFSET = (
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)$"
+)
+# Epoch values at or above this are milliseconds (1e11 s is the year 5138).
+_MS_THRESHOLD = 1e11
+_MAX_EPOCH_MS = 1e14
+_EVENT_FIELDS = {f.name for f in S.RAW_EVENT_SCHEMA.fields}
+
+
+def _with_corrupt(schema: StructType) -> StructType:
+    return StructType([*schema.fields, StructField(CORRUPT, schema.fields[0].dataType)])
+
+
+def _blank(c: Column) -> Column:
+    return c.isNull() | (F.trim(c) == "")
+
+
+def parse_json_records(
+    raw: DataFrame,
+    record_schema: StructType,
+    *,
+    raw_col: str = S.RAW,
+) -> DataFrame:
+    """Parse each raw JSON Lines record with an explicit, all-string schema.
+
+    Args:
+        raw: needs ``raw_col`` (the record's unchanged text).
+        record_schema: the fields to extract; every field a string, so that numbers arriving
+            as strings (and the reverse) are normalised later instead of rejected here.
+
+    Returns:
+        ``raw`` plus one column per schema field and ``_corrupt_record`` (the text when the
+        record is not a JSON object).
+    """
+    parsed = F.from_json(
+        F.col(raw_col),
+        _with_corrupt(record_schema),
+        {
+            "mode": "PERMISSIVE",
+            "columnNameOfCorruptRecord": CORRUPT,
+            "allowNonNumericNumbers": "true",
+        },
+    )
+    not_object = ~F.ltrim(F.col(raw_col)).startswith("{")
+    out = raw.withColumn("_p", parsed)
+    cols = [F.col(f"_p.{f.name}").alias(f.name) for f in record_schema.fields]
+    corrupt = F.when(out["_p"].isNull() | not_object, F.col(raw_col)).otherwise(
+        F.col(f"_p.{CORRUPT}")
+    )
+    return out.select("*", *cols, corrupt.alias(CORRUPT)).drop("_p")
+
+
+def parse_timestamp(c: Column) -> Column:
+    """A string timestamp as UTC: ISO-8601 with an offset, or epoch seconds / milliseconds.
+
+    Returns null when the text is neither (ISO without an offset is ambiguous: null too).
+    """
+    text = F.trim(c)
+    num = F.when(text.rlike(_NUMBER), text.try_cast("double"))
+    seconds = F.when(F.abs(num) >= _MS_THRESHOLD, num / 1000.0).otherwise(num)
+    from_number = F.when(
+        num.isNotNull() & (F.abs(num) < _MAX_EPOCH_MS), F.timestamp_seconds(seconds)
+    )
+    from_iso = F.when(text.rlike(_ISO_WITH_OFFSET), F.try_to_timestamp(text))
+    return F.coalesce(from_number, from_iso)
+
+
+def validate_events(
+    parsed: DataFrame,
+    *,
+    event_types: Sequence[str] = S.EVENT_TYPES,
+    min_ts: datetime,
+    max_ts: datetime,
+    raw_col: str = S.RAW,
+) -> DataFrame:
+    """Normalise parsed events and give each invalid one a reason.
+
+    Args:
+        parsed: output of :func:`parse_json_records` with the raw event schema.
+        event_types: accepted event types (compared lower-cased and trimmed).
+        min_ts: earliest accepted event time (inclusive, UTC).
+        max_ts: latest accepted event time (inclusive, UTC).
+
+    Returns:
+        The same rows with normalised ``user_id``, ``item_id``, ``event_type`` (trimmed,
+        lower-cased), ``event_ts`` (timestamp), ``value`` (double), ``event_id`` and
+        ``session_id`` (blank -> null), plus ``reason`` and ``detail`` (null when valid). The
+        first failing check wins.
+    """
+    ts = parse_timestamp(F.col(S.EVENT_TS))
+    value_text = F.trim(F.col(S.VALUE))
+    value = F.when(value_text.rlike(_NUMBER), value_text.try_cast("double"))
+    etype = F.lower(F.trim(F.col(S.EVENT_TYPE)))
+
+    checks: list[tuple[Column, str, Column]] = [
+        (_blank(F.col(raw_col)), EMPTY_RECORD, F.lit(None)),
+        (F.col(CORRUPT).isNotNull(), MALFORMED_JSON, F.lit(None)),
+    ]
+    for field in S.REQUIRED_EVENT_FIELDS:
+        checks.append((_blank(F.col(field)), MISSING_FIELD, F.lit(field)))
+    for field in (
+        S.EVENT_ID,
+        S.USER_ID,
+        S.ITEM_ID,
+        S.EVENT_TYPE,
+        S.EVENT_TS,
+        S.VALUE,
+        S.SESSION_ID,
+    ):
+        nested = F.ltrim(F.col(field)).startswith("{") | F.ltrim(F.col(field)).startswith("[")
+        checks.append((F.coalesce(nested, F.lit(False)), BAD_TYPE, F.lit(field)))
+    checks += [
+        (~etype.isin(list(event_types)), UNKNOWN_EVENT_TYPE, F.col(S.EVENT_TYPE)),
+        (ts.isNull(), BAD_TIMESTAMP, F.col(S.EVENT_TS)),
+        (
+            (ts < F.lit(min_ts)) | (ts > F.lit(max_ts)),
+            OUT_OF_WINDOW,
+            F.col(S.EVENT_TS),
+        ),
+        (~_blank(F.col(S.VALUE)) & (value.isNull() | F.isnan(value)), BAD_VALUE, F.col(S.VALUE)),
+    ]
+    reason: Column = F.lit(None).cast("string")
+    detail: Column = F.lit(None).cast("string")
+    for cond, code, why in reversed(checks):
+        reason = F.when(cond, F.lit(code)).otherwise(reason)
+        detail = F.when(cond, why.cast("string")).otherwise(detail)
+
+    def clean(name: str) -> Column:
+        return F.when(~_blank(F.col(name)), F.trim(F.col(name)))
+
+    return parsed.select(
+        F.col(raw_col),
+        *[c for c in parsed.columns if c not in _EVENT_FIELDS and c not in (raw_col, CORRUPT)],
+        clean(S.EVENT_ID).alias(S.EVENT_ID),
+        clean(S.USER_ID).alias(S.USER_ID),
+        clean(S.ITEM_ID).alias(S.ITEM_ID),
+        etype.alias(S.EVENT_TYPE),
+        ts.alias(S.EVENT_TS),
+        value.alias(S.VALUE),
+        clean(S.SESSION_ID).alias(S.SESSION_ID),
+        reason.alias(S.REASON),
+        detail.alias(S.DETAIL),
+    )
+
+
+def event_key(
+    *,
+    event_id: str = S.EVENT_ID,
+    user_id: str = S.USER_ID,
+    item_id: str = S.ITEM_ID,
+    event_type: str = S.EVENT_TYPE,
+    event_ts: str = S.EVENT_TS,
+) -> Column:
+    """The dedup key: ``id:<event_id>``, else a hash of (user, item, type, time in µs)."""
+    micros = F.unix_micros(F.col(event_ts)).cast("string")
+    hashed = F.sha2(
+        F.concat_ws("\u0001", F.col(user_id), F.col(item_id), F.col(event_type), micros), 256
+    )
+    return F.when(F.col(event_id).isNotNull(), F.concat(F.lit("id:"), F.col(event_id))).otherwise(
+        F.concat(F.lit("h:"), hashed)
+    )
+
+
+def mark_duplicates(validated: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
+    """Add ``event_key`` and ``is_duplicate`` to validated events.
+
+    Among valid records with the same key the earliest event wins (ties: source file, then
+    the raw text); the others are duplicates. Invalid records are never duplicates: each one is
+    quarantined on its own.
+
+    Args:
+        validated: output of :func:`validate_events` (needs ``reason``, ``event_ts``,
+            ``source_file``, the id fields and ``raw``).
+    """
+    valid = F.col(S.REASON).isNull()
+    keyed = validated.withColumn(S.EVENT_KEY, F.when(valid, event_key()))
+    order = Window.partitionBy(S.EVENT_KEY).orderBy(
+        F.col(S.EVENT_TS).asc(), F.col(S.SOURCE_FILE).asc(), F.col(raw_col).asc()
+    )
+    first = F.row_number().over(order) == 1
+    return keyed.withColumn(IS_DUPLICATE, F.when(valid, ~first).otherwise(F.lit(False)))
+
+
+def _accepted_so_far() -> Column:
+    return F.col(S.REASON).isNull() & ~F.col(IS_DUPLICATE)
+
+
+def flag_bots(df: DataFrame, *, events_per_hour: int, min_busy_hours: int) -> DataFrame:
+    """Quarantine (``reason = 'bot'``) every event of users with a sustained machine rate.
+
+    A bot has at least ``min_busy_hours`` clock hours holding ``events_per_hour`` events or
+    more. Only events still accepted count and are flagged.
+
+    Args:
+        df: output of :func:`mark_duplicates`.
+    """
+    hour = F.date_trunc("hour", F.col(S.EVENT_TS))
+    per_hour = (
+        df.where(_accepted_so_far())
+        .groupBy(S.USER_ID, hour.alias("_hour"))
+        .agg(F.count(F.lit(1)).alias("_n"))
+        .where(F.col("_n") >= events_per_hour)
+        .groupBy(S.USER_ID)
+        .agg(F.count(F.lit(1)).alias("_busy_hours"), F.max("_n").alias("_peak"))
+        .where(F.col("_busy_hours") >= min_busy_hours)
+        .select(F.col(S.USER_ID).alias("_bot_user"), "_busy_hours", "_peak")
+    )
+    joined = df.join(F.broadcast(per_hour), df[S.USER_ID] == per_hour["_bot_user"], "left")
+    is_bot = _accepted_so_far() & F.col("_bot_user").isNotNull()
+    detail = F.format_string(
+        "%d busy hours, peak %d events/hour", F.col("_busy_hours"), F.col("_peak")
+    )
+    return joined.select(
+        *[c for c in df.columns if c not in (S.REASON, S.DETAIL)],
+        F.when(is_bot, F.lit(BOT)).otherwise(F.col(S.REASON)).alias(S.REASON),
+        F.when(is_bot, detail).otherwise(F.col(S.DETAIL)).alias(S.DETAIL),
+    )
+
+
+def join_catalog(
+    df: DataFrame,
+    items: DataFrame,
+    *,
+    quarantine_unknown: bool = True,
+    broadcast: bool = True,
+) -> DataFrame:
+    """Join events with the catalog (adds ``category``); flag events of unknown items.
+
+    Args:
+        df: classified events (needs ``item_id``, ``reason``, ``is_duplicate``).
+        items: clean catalog with unique ``item_id`` and ``category``.
+        quarantine_unknown: quarantine accepted events whose item is not in the catalog
+            (``reason = 'unknown_item'``); when false they are kept with a null category.
+        broadcast: broadcast the catalog so the event side is not shuffled.
+    """
+    catalog = items.select(
+        F.col(S.ITEM_ID).alias("_cat_item"),
+        F.col(S.CATEGORY).alias("_cat"),
+        F.lit(True).alias("_known"),
+    )
+    if broadcast:
+        catalog = F.broadcast(catalog)
+    joined = df.join(catalog, df[S.ITEM_ID] == catalog["_cat_item"], "left")
+    unknown = _accepted_so_far() & F.col("_known").isNull() & F.lit(quarantine_unknown)
+    return joined.select(
+        *[c for c in df.columns if c not in (S.REASON, S.DETAIL)],
+        F.col("_cat").alias(S.CATEGORY),
+        F.when(unknown, F.lit(UNKNOWN_ITEM)).otherwise(F.col(S.REASON)).alias(S.REASON),
+        F.when(unknown, F.col(S.ITEM_ID)).otherwise(F.col(S.DETAIL)).alias(S.DETAIL),
+    )
+
+
+def with_status(df: DataFrame) -> DataFrame:
+    """Add ``status``: ``quarantined`` (a reason), ``duplicate``, or ``accepted``."""
+    return df.withColumn(
+        STATUS,
+        F.when(F.col(S.REASON).isNotNull(), "quarantined")
+        .when(F.col(IS_DUPLICATE), "duplicate")
+        .otherwise("accepted"),
+    )
+
+
+def sessionize(events: DataFrame, *, gap_minutes: float) -> DataFrame:
+    """Fill missing ``session_id``: a new session starts after ``gap_minutes`` of inactivity.
+
+    Generated ids are ``<user_id>:<epoch seconds of the session's first event>``. Events that
+    carry a ``session_id`` keep it. Ordering ties are broken by ``event_key``.
+
+    Args:
+        events: accepted events (needs ``user_id``, ``event_ts``, ``event_key``, ``session_id``).
+    """
+    order = Window.partitionBy(S.USER_ID).orderBy(S.EVENT_TS, S.EVENT_KEY)
+    prev = F.lag(S.EVENT_TS).over(order)
+    gap = F.unix_micros(F.col(S.EVENT_TS)) - F.unix_micros(prev)
+    starts = prev.isNull() | (gap > F.lit(int(gap_minutes * 60 * 1_000_000)))
+    marked = events.withColumn("_start", F.when(starts, F.col(S.EVENT_TS)))
+    running = order.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    session_start = F.last("_start", ignorenulls=True).over(running)
+    generated = F.concat_ws(":", F.col(S.USER_ID), F.unix_seconds(session_start).cast("string"))
+    return marked.withColumn(S.SESSION_ID, F.coalesce(F.col(S.SESSION_ID), generated)).drop(
+        "_start"
+    )
+
+
+def to_silver_events(accepted: DataFrame, *, run_id: str) -> DataFrame:
+    """Select the columns of ``silver/events`` (adds ``event_date`` and ``run_id``)."""
+    return accepted.select(
+        S.EVENT_KEY,
+        S.EVENT_ID,
+        S.USER_ID,
+        S.ITEM_ID,
+        S.EVENT_TYPE,
+        S.EVENT_TS,
+        S.VALUE,
+        S.SESSION_ID,
+        S.CATEGORY,
+        S.SOURCE_FILE,
+        F.lit(run_id).alias(S.RUN_ID),
+        F.to_date(S.EVENT_TS).alias(S.EVENT_DATE),
+    )
+
+
+def to_quarantine(
+    rejected: DataFrame, *, run_id: str, input_name: str, raw_col: str = S.RAW
+) -> DataFrame:
+    """Rows of ``silver/quarantine``: the unchanged record, reason, detail, source and run.
+
+    ``record_key`` identifies the record (source file, text, and its occurrence among identical
+    lines of that file), so re-quarantining the same input inserts nothing.
+
+    Args:
+        rejected: records with a ``reason`` (needs ``raw``, ``source_file``, ``reason``,
+            ``detail``).
+    """
+    occurrence = F.row_number().over(
+        Window.partitionBy(S.SOURCE_FILE, raw_col).orderBy(S.REASON, S.DETAIL)
+    )
+    key = F.sha2(
+        F.concat_ws(
+            "\u0001",
+            F.lit(input_name),
+            F.coalesce(F.col(S.SOURCE_FILE), F.lit("")),
+            F.coalesce(F.col(raw_col), F.lit("")),
+            occurrence.cast("string"),
+        ),
+        256,
+    )
+    return rejected.select(
+        key.alias(S.RECORD_KEY),
+        F.col(raw_col).alias(S.RAW),
+        S.REASON,
+        S.DETAIL,
+        S.SOURCE_FILE,
+        F.lit(run_id).alias(S.RUN_ID),
+        F.lit(input_name).alias("input"),
+    )
+
+
+def classify_events(
+    raw: DataFrame,
+    items: DataFrame,
+    *,
+    min_ts: datetime,
+    max_ts: datetime,
+    event_types: Sequence[str] = S.EVENT_TYPES,
+    quarantine_unknown_items: bool = True,
+    broadcast_catalog: bool = True,
+    bot_events_per_hour: int | None = 600,
+    bot_min_busy_hours: int = 3,
+) -> DataFrame:
+    """Parse, validate, deduplicate, flag bots and join the catalog: every record, classified.
+
+    Args:
+        raw: one row per input record with ``raw`` and ``source_file``.
+        items: the clean catalog (``item_id``, ``category``).
+        bot_events_per_hour: None switches the bot filter off.
+
+    Returns:
+        One row per input record with the normalised event fields, ``category``,
+        ``event_key``, ``reason``, ``detail``, ``is_duplicate`` and ``status``.
+    """
+    parsed = parse_json_records(raw, S.RAW_EVENT_SCHEMA)
+    validated = validate_events(parsed, event_types=event_types, min_ts=min_ts, max_ts=max_ts)
+    marked = mark_duplicates(validated)
+    if bot_events_per_hour is not None:
+        marked = flag_bots(
+            marked, events_per_hour=bot_events_per_hour, min_busy_hours=bot_min_busy_hours
+        )
+    joined = join_catalog(
+        marked, items, quarantine_unknown=quarantine_unknown_items, broadcast=broadcast_catalog
+    )
+    return with_status(joined)
+
+
+def event_window(
+    run_time: datetime, *, min_ts: datetime, lead_days: float
+) -> tuple[datetime, datetime]:
+    """The accepted event-time window: ``[min_ts, run_time + lead_days]``."""
+    return min_ts, run_time + timedelta(days=lead_days)
+
+
+# --- catalog --------------------------------------------------------------------------------
+
+
+def compose_item_text(
+    *, title: str = S.TITLE, category: str = S.CATEGORY, description: str = S.DESCRIPTION
+) -> Column:
+    """The one place that composes the text embedded for an item.
+
+    ``"<title>. Category: <category>. <description>"``, leaving out the parts that are null or
+    blank, with runs of white space folded to one space.
+    """
+
+    def part(c: Column, prefix: str = "") -> Column:
+        t = F.trim(F.regexp_replace(c, r"\s+", " "))
+        return F.when(t != "", F.concat(F.lit(prefix), t))
+
+    return F.concat_ws(
+        ". ", part(F.col(title)), part(F.col(category), "Category: "), part(F.col(description))
+    )
+
+
+def classify_items(raw: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
+    """Parse and validate catalog records; one record per ``item_id`` is accepted.
+
+    Args:
+        raw: one row per catalog record with ``raw`` and ``source_file``.
+
+    Returns:
+        Rows with ``item_id``, ``title``, ``description``, ``category`` (trimmed; blank -> null),
+        ``text``, ``text_hash``, ``reason``, ``detail``, ``is_duplicate`` and ``status``.
+        Records repeating an accepted record exactly are duplicates; a different record for an
+        item id already accepted is quarantined as ``duplicate_item_id`` (the record of the
+        latest source file wins, ties broken by the text).
+    """
+    parsed = parse_json_records(raw, S.RAW_ITEM_SCHEMA)
+
+    def clean(name: str) -> Column:
+        return F.when(~_blank(F.col(name)), F.trim(F.col(name)))
+
+    checks: list[tuple[Column, str, Column]] = [
+        (_blank(F.col(raw_col)), EMPTY_RECORD, F.lit(None)),
+        (F.col(CORRUPT).isNotNull(), MALFORMED_JSON, F.lit(None)),
+    ]
+    for field in S.REQUIRED_ITEM_FIELDS:
+        checks.append((_blank(F.col(field)), MISSING_FIELD, F.lit(field)))
+    for field in (S.ITEM_ID, S.TITLE, S.DESCRIPTION, S.CATEGORY):
+        nested = F.ltrim(F.col(field)).startswith("{") | F.ltrim(F.col(field)).startswith("[")
+        checks.append((F.coalesce(nested, F.lit(False)), BAD_TYPE, F.lit(field)))
+    reason: Column = F.lit(None).cast("string")
+    detail: Column = F.lit(None).cast("string")
+    for cond, code, why in reversed(checks):
+        reason = F.when(cond, F.lit(code)).otherwise(reason)
+        detail = F.when(cond, why.cast("string")).otherwise(detail)
+
+    base = parsed.select(
+        raw_col,
+        S.SOURCE_FILE,
+        clean(S.ITEM_ID).alias(S.ITEM_ID),
+        clean(S.TITLE).alias(S.TITLE),
+        clean(S.DESCRIPTION).alias(S.DESCRIPTION),
+        clean(S.CATEGORY).alias(S.CATEGORY),
+        reason.alias(S.REASON),
+        detail.alias(S.DETAIL),
+    )
+    text = compose_item_text()
+    base = base.withColumn(S.TEXT, text).withColumn(S.TEXT_HASH, F.sha2(text, 256))
+    valid = F.col(S.REASON).isNull()
+    order = Window.partitionBy(F.when(valid, F.col(S.ITEM_ID))).orderBy(
+        F.col(S.SOURCE_FILE).desc(), F.col(raw_col).desc()
+    )
+    ranked = base.withColumn("_rank", F.row_number().over(order))
+    winner_hash = F.first(S.TEXT_HASH).over(
+        order.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    )
+    ranked = ranked.withColumn("_winner_hash", winner_hash)
+    loser = valid & (F.col("_rank") > 1)
+    same = F.col(S.TEXT_HASH) == F.col("_winner_hash")
+    out = ranked.select(
+        *[c for c in base.columns if c not in (S.REASON, S.DETAIL)],
+        F.when(loser & ~same, F.lit(DUPLICATE_ITEM_ID)).otherwise(F.col(S.REASON)).alias(S.REASON),
+        F.when(loser & ~same, F.col(S.ITEM_ID)).otherwise(F.col(S.DETAIL)).alias(S.DETAIL),
+        (loser & same).alias(IS_DUPLICATE),
+    )
+    return with_status(out)
+
+
+def to_silver_items(accepted: DataFrame) -> DataFrame:
+    """Select the columns of ``silver/items``."""
+    return accepted.select(S.ITEM_ID, S.TITLE, S.DESCRIPTION, S.CATEGORY, S.TEXT, S.TEXT_HASH)
+
+
+# --- interactions ---------------------------------------------------------------------------
+
+
+def build_interactions(
+    events: DataFrame,
+    *,
+    event_weights: Mapping[str, float],
+    decay_half_life_days: float | None = None,
+) -> DataFrame:
+    """One row per (user, item): implicit-feedback weight, count, first and last time.
+
+    ``weight`` sums each event's type weight (types without a weight count 0), times
+    ``2^(-age / half_life)`` when a half-life is given, age measured from the newest event.
+
+    Args:
+        events: needs ``user_id``, ``item_id``, ``event_type``, ``event_ts``.
+
+    Returns:
+        Columns of ``silver/interactions``: user_id, item_id, weight, count, first_ts, last_ts.
+    """
+    w: Column = F.lit(0.0)
+    for etype, weight in sorted(event_weights.items()):
+        w = F.when(F.col(S.EVENT_TYPE) == etype, F.lit(float(weight))).otherwise(w)
+    df = events
+    if decay_half_life_days is not None:
+        newest = events.agg(F.max(S.EVENT_TS).alias("_newest"))
+        df = events.crossJoin(F.broadcast(newest))
+        age_days = (F.unix_micros(F.col("_newest")) - F.unix_micros(F.col(S.EVENT_TS))) / 86_400e6
+        w = w * F.pow(F.lit(2.0), -age_days / F.lit(float(decay_half_life_days)))
+    return df.groupBy(S.USER_ID, S.ITEM_ID).agg(
+        F.sum(w).cast("double").alias(S.WEIGHT),
+        F.count(F.lit(1)).alias(S.COUNT),
+        F.min(S.EVENT_TS).alias(S.FIRST_TS),
+        F.max(S.EVENT_TS).alias(S.LAST_TS),
+    )

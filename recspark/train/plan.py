@@ -1,0 +1,127 @@
+"""Planning a training launch: small pure functions, unit-tested on CPU.
+
+Running the plan is :mod:`recspark.train.launch`'s job; nothing here touches Spark or torch
+state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from recspark.errors import ConfigError, LaunchError
+from recspark.train.config import TrainConfig
+
+Launcher = Literal["horovod", "torch_distributor", "local"]
+Backend = Literal["nccl", "gloo"]
+
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """How one training run is started."""
+
+    launcher: Launcher
+    num_proc: int
+    backend: Backend
+    use_gpu: bool
+    learning_rate: float  # already scaled by num_proc
+    torch_threads: int
+    local_mode: bool  # TorchDistributor: run the processes on the driver (Spark local master)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan_backend(use_gpu: bool) -> Backend:
+    """NCCL when GPUs do the work, Gloo on CPU."""
+    return "nccl" if use_gpu else "gloo"
+
+
+def plan_num_proc(launcher: Launcher, requested: int, slots: int) -> int:
+    """Processes to start: 1 for ``local``; else ``requested``, which must fit in ``slots``.
+
+    ``horovod.spark.run`` waits for all its tasks to start at once, so asking for more than the
+    cluster's task slots would hang until its start timeout: refuse it up front.
+    """
+    if launcher == "local":
+        return 1
+    if requested < 1:
+        raise ConfigError(f"train.num_proc must be >= 1, found {requested}")
+    if launcher == "horovod" and requested > slots:
+        raise LaunchError(
+            f"train.num_proc={requested} but the cluster has {slots} task slots: "
+            "horovod.spark.run needs one slot per process; lower train.num_proc"
+        )
+    return requested
+
+
+def plan_device(use_gpu: bool, cuda_available: bool, local_rank: int) -> str:
+    """``cuda:<local_rank>`` when GPUs are wanted and present, else ``cpu``.
+
+    Asking for a GPU on a machine without one is an error, not a silent fall-back.
+    """
+    if not use_gpu:
+        return "cpu"
+    if not cuda_available:
+        raise LaunchError("train.use_gpu is true but torch sees no CUDA device")
+    return f"cuda:{local_rank}"
+
+
+def scaled_learning_rate(base: float, num_proc: int) -> float:
+    """Linear scaling: ``num_proc`` workers average gradients of ``num_proc`` x the batch."""
+    return base * num_proc
+
+
+def plan_threads(requested: int, cores: int, num_proc: int) -> int:
+    """Torch threads per process: ``requested``, or the cores shared out (at least 1)."""
+    if requested > 0:
+        return requested
+    return max(1, cores // max(1, num_proc))
+
+
+def is_local_master(master: str | None) -> bool:
+    """Spark in local mode (``local``, ``local[4]``, ``local[*]``, ``local-cluster`` excluded)."""
+    return bool(master) and bool(re.fullmatch(r"local(\[[0-9*]+(,\s*[0-9]+)?\])?", master or ""))
+
+
+def plan_launch(
+    cfg: TrainConfig, slots: int, cores: int, master: str | None
+) -> LaunchPlan:
+    """The whole plan of a launch from the config and what the cluster offers."""
+    n = plan_num_proc(cfg.launcher, cfg.num_proc, slots)
+    return LaunchPlan(
+        launcher=cfg.launcher,
+        num_proc=n,
+        backend=plan_backend(cfg.use_gpu),
+        use_gpu=cfg.use_gpu,
+        learning_rate=scaled_learning_rate(cfg.learning_rate, n),
+        torch_threads=plan_threads(cfg.torch_threads, cores, n),
+        local_mode=is_local_master(master),
+    )
+
+
+def model_version(
+    train: Mapping[str, Any], seed: int, inputs: Mapping[str, Any], explicit: str | None = None
+) -> str:
+    """The model version: ``explicit`` when given, else a hash of what determines the model.
+
+    Same settings, seed and input table versions give the same version, so that starting a
+    killed run again finds its checkpoints. Every train setting counts (the process count
+    changes the scaled learning rate, hence the model).
+    """
+    if explicit is not None:
+        if not _VERSION_RE.match(explicit):
+            raise ConfigError(
+                f"train.model_version must be letters, digits, '.', '_' or '-', found {explicit!r}"
+            )
+        return explicit
+    blob = json.dumps(
+        {"train": dict(train), "seed": seed, "inputs": dict(inputs)}, sort_keys=True, default=str
+    )
+    return "m-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
