@@ -102,13 +102,11 @@ def merge_new(
         writer.save(path)
         return _last_operation_metric(spark, path, ("numOutputRows",))
     cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-    (
-        DeltaTable.forPath(spark, path)
-        .alias("t")
-        .merge(df.alias("s"), cond)
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    table = DeltaTable.forPath(spark, path)
+    before = _version(table)
+    table.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
+    if _version(table) == before:  # a MERGE that changes nothing commits nothing
+        return 0
     return _last_operation_metric(spark, path, ("numTargetRowsInserted",))
 
 
@@ -136,6 +134,11 @@ def merge_upsert(
     if delete_missing:
         m = m.whenNotMatchedBySourceDelete()
     m.execute()
+
+
+def _version(table: DeltaTable) -> int:
+    row = table.history(1).select("version").first()
+    return int(row["version"]) if row else -1
 
 
 def _last_operation_metric(spark: SparkSession, path: str, names: Sequence[str]) -> int:
