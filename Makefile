@@ -1,0 +1,22 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv/ first (idempotent).
+.PHONY: setup demo test lint dist clean
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	.venv/bin/recspark generate
+	.venv/bin/recspark run
+
+test: setup
+	.venv/bin/python -m pytest
+
+lint: setup
+	.venv/bin/ruff check recspark jobs tests benchmarks
+	.venv/bin/mypy recspark
+
+dist: setup
+	.venv/bin/python -m pip wheel --no-deps -w dist .
+
+clean:
+	rm -rf data warehouse dist build *.egg-info
