@@ -160,7 +160,8 @@ def _build(cls: Any, data: dict[str, Any], prefix: str, source: str) -> Any:
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ConfigError(
-            f"{source}: unknown key '{where}{unknown[0]}' (expected one of: {', '.join(sorted(names))})"
+            f"{source}: unknown key '{where}{unknown[0]}' "
+            f"(expected one of: {', '.join(sorted(names))})"
         )
     kwargs: dict[str, Any] = {}
     for name, value in data.items():

@@ -3,8 +3,13 @@ its unchanged text (``raw``) and ``source_file``. Used by stage ``run`` function
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
 
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -15,6 +20,23 @@ Format = Literal["auto", "jsonl", "parquet"]
 _JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
 
 
+def hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    """The Hadoop ``(FileSystem, Path)`` for ``path`` (any scheme the cluster supports)."""
+    jvm: Any = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write a small text file (a manifest, a report) through Hadoop, overwriting it."""
+    fs, hpath = hadoop_path(spark, path)
+    stream = fs.create(hpath, True)
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()
+
+
 def list_files(spark: SparkSession, path: str) -> list[str]:
     """Files matched by ``path`` (a file, a folder read recursively, or a glob).
 
@@ -23,10 +45,7 @@ def list_files(spark: SparkSession, path: str) -> list[str]:
     Raises:
         InputError: when nothing matches.
     """
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(conf)
+    fs, hpath = hadoop_path(spark, path)
     statuses = fs.globStatus(hpath)
     files: list[str] = []
     for st in statuses or []:
@@ -73,3 +92,32 @@ def read_raw(spark: SparkSession, path: str, fmt: Format = "auto") -> DataFrame:
         F.to_json(F.struct(*[F.col(c) for c in df.columns])).alias(S.RAW),
         F.col("_metadata.file_path").alias(S.SOURCE_FILE),
     )
+
+
+_READ_FAILURES = (
+    "FAILED_READ_FILE",
+    "EOFException",
+    "ZipException",
+    "Unexpected end of input stream",
+    "not a Parquet file",
+    "CANNOT_READ_FILE_FOOTER",
+    "incorrect header check",
+)
+
+
+@contextmanager
+def input_errors(path: str) -> Iterator[None]:
+    """Turn Spark's failures to read an input file (a truncated gzip, a corrupt Parquet footer)
+    into one-line ``InputError`` naming the path; any other failure passes through."""
+    try:
+        yield
+    except (Py4JJavaError, PySparkException) as e:
+        text = str(e)
+        if not any(marker in text for marker in _READ_FAILURES):
+            raise
+        m = re.search(r"(file:|s3a?:|abfss?:|dbfs:|hdfs:)[^\s'\"]+", text)
+        where = m.group(0).rstrip(".,") if m else path
+        cause = next((mk for mk in _READ_FAILURES if mk in text), "unreadable")
+        raise InputError(
+            f"cannot read input file {where} ({cause}); fix or remove it and rerun"
+        ) from e

@@ -25,7 +25,9 @@ def test_shipped_configs_load() -> None:
 
 
 def test_overrides_are_typed_and_nested() -> None:
-    cfg = load_config(None, ["recommend.k=5", "ingest.bot.enabled=false", "input.events=/x/*.jsonl"])
+    cfg = load_config(
+        None, ["recommend.k=5", "ingest.bot.enabled=false", "input.events=/x/*.jsonl"]
+    )
     assert (cfg.recommend.k, cfg.ingest.bot.enabled, cfg.input.events) == (5, False, "/x/*.jsonl")
     assert isinstance(cfg, Config)
     with pytest.raises(AttributeError):
@@ -43,7 +45,9 @@ def test_overrides_are_typed_and_nested() -> None:
         ("generate:\n  faults: {malformed_json: 0.9}\n", "generate.faults", "0.9"),
     ],
 )
-def test_bad_keys_name_the_key_and_the_file(tmp_path: Path, yaml_text: str, key: str, found: str) -> None:
+def test_bad_keys_name_the_key_and_the_file(
+    tmp_path: Path, yaml_text: str, key: str, found: str
+) -> None:
     f = tmp_path / "bad.yaml"
     f.write_text(yaml_text)
     with pytest.raises(ConfigError) as e:
@@ -90,7 +94,11 @@ def test_spark_settings_are_a_pure_function_of_config() -> None:
 
 def test_secrets_are_redacted() -> None:
     conf = {"fs.azure.account.key.acct": "s3cr3t", "spark.hadoop.fs.s3a.secret.key": "k", "a": "b"}
-    assert redact(conf) == {"fs.azure.account.key.acct": "***", "spark.hadoop.fs.s3a.secret.key": "***", "a": "b"}
+    assert redact(conf) == {
+        "fs.azure.account.key.acct": "***",
+        "spark.hadoop.fs.s3a.secret.key": "***",
+        "a": "b",
+    }
 
 
 @pytest.mark.parametrize("name", ["../x", "/abs", "a/../../b", "s3a://elsewhere/t", "a//b"])
@@ -114,7 +122,11 @@ def test_cli_has_the_contract_subcommands() -> None:
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "recspark.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "recspark.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -130,7 +142,9 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cli_missing_input_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nothing-here"
-    proc = _cli("ingest", "--set", f"input.items={missing}", "--set", f"warehouse={tmp_path / 'wh'}")
+    proc = _cli(
+        "ingest", "--set", f"input.items={missing}", "--set", f"warehouse={tmp_path / 'wh'}"
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("recspark: error:") and str(missing) in last

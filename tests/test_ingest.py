@@ -11,7 +11,14 @@ import pytest
 from chispa import assert_df_equality
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import (
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from recspark import schema as S
 from recspark.ingest import transforms as X
@@ -91,11 +98,18 @@ def test_bad_event_corpus_every_record_has_its_expected_outcome(spark: SparkSess
 
 
 def test_validate_normalises_fields(spark: SparkSession) -> None:
-    line = '{"user_id":" u1 ","item_id":"i1","event_type":" Rating","event_ts":1709290000,"value":"4"}'
+    line = (
+        '{"user_id":" u1 ","item_id":"i1","event_type":" Rating","event_ts":1709290000,"value":"4"}'
+    )
     parsed = X.parse_json_records(_raw(spark, [line]), S.RAW_EVENT_SCHEMA)
     row = X.validate_events(parsed, min_ts=WINDOW[0], max_ts=WINDOW[1]).first()
     assert row is not None
-    assert (row[S.USER_ID], row[S.EVENT_TYPE], row[S.VALUE], row[S.REASON]) == ("u1", "rating", 4.0, None)
+    assert (row[S.USER_ID], row[S.EVENT_TYPE], row[S.VALUE], row[S.REASON]) == (
+        "u1",
+        "rating",
+        4.0,
+        None,
+    )
     assert row[S.EVENT_TS] == _ts("2024-03-01T10:46:40+00:00")
 
 
@@ -187,8 +201,13 @@ def test_bots_are_flagged_and_fast_human_raters_are_not(spark: SparkSession) -> 
         .withColumn(X.IS_DUPLICATE, F.lit(False))
     )
     flagged = X.flag_bots(df, events_per_hour=600, min_busy_hours=3)
-    got = {r[S.USER_ID]: r["n"] for r in flagged.where("reason = 'bot'").groupBy(S.USER_ID)
-           .agg(F.count(F.lit(1)).alias("n")).collect()}
+    got = {
+        r[S.USER_ID]: r["n"]
+        for r in flagged.where("reason = 'bot'")
+        .groupBy(S.USER_ID)
+        .agg(F.count(F.lit(1)).alias("n"))
+        .collect()
+    }
     assert got == {"bot": 4 * 1200}
 
 
@@ -207,13 +226,17 @@ def test_interactions_match_a_numpy_reference(spark: SparkSession) -> None:
     half_life = 4.0
     got = {
         (r[S.USER_ID], r[S.ITEM_ID]): (r[S.WEIGHT], r[S.COUNT])
-        for r in X.build_interactions(df, event_weights=weights, decay_half_life_days=half_life).collect()
+        for r in X.build_interactions(
+            df, event_weights=weights, decay_half_life_days=half_life
+        ).collect()
     }
     newest = max(_ts(e[3]) for e in events)
     ref: dict[tuple[str, str], list[float]] = {}
     for u, i, t, ts in events:
         age = (newest - _ts(ts)).total_seconds() / 86400
-        ref.setdefault((u, i), []).append(weights.get(t, 0.0) * float(np.power(2.0, -age / half_life)))
+        ref.setdefault((u, i), []).append(
+            weights.get(t, 0.0) * float(np.power(2.0, -age / half_life))
+        )
     assert set(got) == set(ref)
     for key, parts in ref.items():
         assert got[key][0] == pytest.approx(float(np.sum(parts)), rel=1e-9)
@@ -221,7 +244,9 @@ def test_interactions_match_a_numpy_reference(spark: SparkSession) -> None:
 
 
 def test_compose_item_text_skips_missing_parts(spark: SparkSession) -> None:
-    schema = StructType([StructField(c, StringType()) for c in (S.TITLE, S.CATEGORY, S.DESCRIPTION)])
+    schema = StructType(
+        [StructField(c, StringType()) for c in (S.TITLE, S.CATEGORY, S.DESCRIPTION)]
+    )
     df = spark.createDataFrame(
         [("Dune", "Sci-Fi", "A  desert\nplanet."), ("Dune", None, " "), ("Dune", "", None)], schema
     )
@@ -236,8 +261,12 @@ def test_quarantine_keys_are_stable_and_distinguish_repeated_lines(spark: SparkS
     df = spark.createDataFrame(
         [("bad", "f", "malformed_json", None), ("bad", "f", "malformed_json", None)], schema
     )
-    a = sorted(r[S.RECORD_KEY] for r in X.to_quarantine(df, run_id="r1", input_name="events").collect())
-    b = sorted(r[S.RECORD_KEY] for r in X.to_quarantine(df, run_id="r2", input_name="events").collect())
+    a = sorted(
+        r[S.RECORD_KEY] for r in X.to_quarantine(df, run_id="r1", input_name="events").collect()
+    )
+    b = sorted(
+        r[S.RECORD_KEY] for r in X.to_quarantine(df, run_id="r2", input_name="events").collect()
+    )
     assert a == b and len(set(a)) == 2
 
 

@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from recspark.config import Config
 from recspark.errors import ConfigError
 from recspark.generate import transforms as G
+from recspark.io import hadoop_path, write_text
 
 
 def expected_counts(fault_counts: dict[tuple[str, int], int]) -> dict[str, Any]:
@@ -45,20 +46,21 @@ def _write_lines(spark: SparkSession, lines: DataFrame, out: str, files: int, gz
     if gzip:
         writer = writer.option("compression", "gzip")
     writer.text(tmp)
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    tmp_path = jvm.org.apache.hadoop.fs.Path(tmp)
-    out_path = jvm.org.apache.hadoop.fs.Path(out)
-    fs = tmp_path.getFileSystem(conf)
+    fs, tmp_path = hadoop_path(spark, tmp)
+    _, out_path = hadoop_path(spark, out)
     fs.delete(out_path, True)
     fs.mkdirs(out_path)
     parts = sorted(
-        st.getPath().getName() for st in fs.listStatus(tmp_path) if st.getPath().getName().startswith("part-")
+        st.getPath().getName()
+        for st in fs.listStatus(tmp_path)
+        if st.getPath().getName().startswith("part-")
     )
     suffix = ".jsonl.gz" if gzip else ".jsonl"
     for i, name in enumerate(parts):
-        fs.rename(jvm.org.apache.hadoop.fs.Path(tmp_path, name),
-                  jvm.org.apache.hadoop.fs.Path(out_path, f"part-{i:05d}{suffix}"))
+        fs.rename(
+            hadoop_path(spark, f"{tmp}/{name}")[1],
+            hadoop_path(spark, f"{out}/part-{i:05d}{suffix}")[1],
+        )
     fs.delete(tmp_path, True)
 
 
@@ -68,39 +70,67 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     try:
         end = datetime.fromisoformat(g.end.replace("Z", "+00:00"))
     except ValueError as e:
-        raise ConfigError(f"{cfg.source}: key 'generate.end': expected ISO-8601, found {g.end!r}") from e
+        raise ConfigError(
+            f"{cfg.source}: key 'generate.end': expected ISO-8601, found {g.end!r}"
+        ) from e
     end_epoch = int(end.timestamp())
     out = g.output.rstrip("/")
-    n_sessions = max(int(round(g.events / max(g.session_mean_events, 1.0))), 1)
+    n_sessions = max(round(g.events / max(g.session_mean_events, 1.0)), 1)
 
     items = G.generate_items(spark.range(g.items), categories=g.categories, seed=cfg.seed)
     clean = G.generate_clean_events(
         spark.range(n_sessions, numPartitions=max(g.files, 1)),
-        users=g.users, items=g.items, categories=g.categories, end_epoch=end_epoch, days=g.days,
-        seed=cfg.seed, session_mean_events=g.session_mean_events,
-        event_id_fraction=g.event_id_fraction, session_id_fraction=g.session_id_fraction,
+        users=g.users,
+        items=g.items,
+        categories=g.categories,
+        end_epoch=end_epoch,
+        days=g.days,
+        seed=cfg.seed,
+        session_mean_events=g.session_mean_events,
+        event_id_fraction=g.event_id_fraction,
+        session_id_fraction=g.session_id_fraction,
         item_popularity_exponent=g.item_popularity_exponent,
-        user_activity_exponent=g.user_activity_exponent, taste_strength=g.taste_strength,
+        user_activity_exponent=g.user_activity_exponent,
+        taste_strength=g.taste_strength,
         cold_items=g.cold_items,
     )
     if g.bot_users > 0:
         bots = G.generate_bot_events(
-            spark.range(g.bot_users * g.bot_events_per_user), per_user=g.bot_events_per_user,
-            items=g.items, end_epoch=end_epoch, days=g.days, seed=cfg.seed,
+            spark.range(g.bot_users * g.bot_events_per_user),
+            per_user=g.bot_events_per_user,
+            items=g.items,
+            end_epoch=end_epoch,
+            days=g.days,
+            seed=cfg.seed,
         )
         clean = clean.unionByName(bots)
     lines = G.with_faults(clean, rates=g.faults, seed=cfg.seed, allow_malformed=g.format == "jsonl")
-    lines = lines.repartition(max(g.files, 1), "session").sortWithinPartitions("session", "k", "copy")
+    lines = lines.repartition(max(g.files, 1), "session").sortWithinPartitions(
+        "session", "k", "copy"
+    )
 
     if g.format == "jsonl":
         _write_lines(spark, lines.select(G.LINE), f"{out}/events", g.files, g.gzip)
-        _write_lines(spark, items.coalesce(1).orderBy("index").select(
-            F.to_json(F.struct("item_id", "title", "description", "category")).alias("value")),
-            f"{out}/items", 1, False)
+        _write_lines(
+            spark,
+            items.coalesce(1)
+            .orderBy("index")
+            .select(
+                F.to_json(F.struct("item_id", "title", "description", "category")).alias("value")
+            ),
+            f"{out}/items",
+            1,
+            False,
+        )
     else:
-        parsed = lines.select(F.from_json(G.LINE, "event_id string, user_id string, item_id string, "
-                                          "event_type string, event_ts string, value string, "
-                                          "session_id string").alias("e")).select("e.*")
+        parsed = lines.select(
+            F.from_json(
+                G.LINE,
+                "event_id string, user_id string, item_id string, "
+                "event_type string, event_ts string, value string, "
+                "session_id string",
+            ).alias("e")
+        ).select("e.*")
         parsed.write.mode("overwrite").parquet(f"{out}/events")
         items.drop("index").coalesce(1).write.mode("overwrite").parquet(f"{out}/items")
 
@@ -116,13 +146,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "lines_by_fault": {f"{k[0]}/{k[1]}": v for k, v in sorted(counts.items())},
         "expected_ingest": expected_counts(counts),
     }
-    text = json.dumps(manifest, indent=2, sort_keys=True)
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(f"{out}/manifest.json")
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    stream = fs.create(path, True)
-    try:
-        stream.write(bytearray(text.encode("utf-8")))
-    finally:
-        stream.close()
-    return {"output": out, **manifest["expected_ingest"]}
+    write_text(spark, f"{out}/manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+    expected: dict[str, Any] = manifest["expected_ingest"]  # type: ignore[assignment]
+    return {"output": out, **expected}

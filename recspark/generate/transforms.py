@@ -43,27 +43,74 @@ EXPECTED_OUTCOME: dict[str, str] = {
 
 _TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Jazz", ("saxophone", "swing", "bebop", "trumpet", "improvisation", "club", "vinyl", "blues")),
-    ("Science Fiction", ("starship", "galaxy", "android", "alien", "warp", "colony", "robot", "orbit")),
+    (
+        "Science Fiction",
+        ("starship", "galaxy", "android", "alien", "warp", "colony", "robot", "orbit"),
+    ),
     ("Cooking", ("recipe", "kitchen", "spice", "bread", "pasta", "oven", "flavour", "sauce")),
     ("Hiking", ("trail", "mountain", "backpack", "summit", "forest", "boots", "campfire", "ridge")),
-    ("Gaming", ("console", "quest", "level", "multiplayer", "controller", "arcade", "boss", "pixel")),
-    ("Gardening", ("soil", "seeds", "roses", "compost", "greenhouse", "tulips", "pruning", "herbs")),
-    ("Fitness", ("workout", "cardio", "muscle", "yoga", "running", "strength", "stretch", "protein")),
-    ("Photography", ("camera", "lens", "aperture", "portrait", "landscape", "shutter", "tripod", "film")),
-    ("History", ("empire", "medieval", "dynasty", "archive", "revolution", "castle", "ancient", "war")),
+    (
+        "Gaming",
+        ("console", "quest", "level", "multiplayer", "controller", "arcade", "boss", "pixel"),
+    ),
+    (
+        "Gardening",
+        ("soil", "seeds", "roses", "compost", "greenhouse", "tulips", "pruning", "herbs"),
+    ),
+    (
+        "Fitness",
+        ("workout", "cardio", "muscle", "yoga", "running", "strength", "stretch", "protein"),
+    ),
+    (
+        "Photography",
+        ("camera", "lens", "aperture", "portrait", "landscape", "shutter", "tripod", "film"),
+    ),
+    (
+        "History",
+        ("empire", "medieval", "dynasty", "archive", "revolution", "castle", "ancient", "war"),
+    ),
     ("Travel", ("passport", "island", "beach", "airport", "hotel", "journey", "city", "cruise")),
-    ("Finance", ("stocks", "budget", "savings", "investment", "market", "dividend", "tax", "bonds")),
+    (
+        "Finance",
+        ("stocks", "budget", "savings", "investment", "market", "dividend", "tax", "bonds"),
+    ),
     ("Poetry", ("verse", "sonnet", "rhyme", "stanza", "metaphor", "lyric", "ballad", "haiku")),
 )
 _GENERIC = (
-    "classic", "new", "essential", "complete", "modern", "deluxe", "great", "little", "guide",
-    "collection", "edition", "story", "series", "volume", "the", "best", "of", "for", "with",
-    "and", "every", "day", "home", "life", "world",
+    "classic",
+    "new",
+    "essential",
+    "complete",
+    "modern",
+    "deluxe",
+    "great",
+    "little",
+    "guide",
+    "collection",
+    "edition",
+    "story",
+    "series",
+    "volume",
+    "the",
+    "best",
+    "of",
+    "for",
+    "with",
+    "and",
+    "every",
+    "day",
+    "home",
+    "life",
+    "world",
 )
 _ADJECTIVES = ("Ultimate", "Midnight", "Golden", "Silent", "Wild", "Hidden", "Bright", "Secret")
 # view, click, add_to_cart, purchase, rating: cumulative shares.
 _TYPE_BANDS: tuple[tuple[str, float], ...] = (
-    ("view", 0.70), ("click", 0.88), ("add_to_cart", 0.94), ("purchase", 0.97), ("rating", 1.0),
+    ("view", 0.70),
+    ("click", 0.88),
+    ("add_to_cart", 0.94),
+    ("purchase", 0.97),
+    ("rating", 1.0),
 )
 _OFFSETS = ("Z", "+00:00", "+02:00", "-05:00", "+05:30")
 _TWO53 = float(1 << 53)
@@ -81,9 +128,13 @@ def _pick(words: tuple[str, ...], u: Column) -> Column:
 
 
 def _category_name(c: Column, categories: int) -> Column:
-    base = _pick(tuple(name for name, _ in _TOPICS), (c % len(_TOPICS)) / F.lit(float(len(_TOPICS))))
+    base = _pick(
+        tuple(name for name, _ in _TOPICS), (c % len(_TOPICS)) / F.lit(float(len(_TOPICS)))
+    )
     extra = F.floor(c / len(_TOPICS))
-    return F.when(extra == 0, base).otherwise(F.concat(base, F.lit(" "), (extra + 1).cast("string")))
+    return F.when(extra == 0, base).otherwise(
+        F.concat(base, F.lit(" "), (extra + 1).cast("string"))
+    )
 
 
 def _topic_words(c: Column) -> Column:
@@ -167,7 +218,9 @@ def generate_clean_events(
     """
     s = F.col("id")
     user = F.floor(F.pow(uniform(seed, "user", s), F.lit(user_activity_exponent)) * users)
-    start = F.lit(float(end_epoch - days * 86400)) + uniform(seed, "start", s) * (days * 86400 - 7200)
+    start = F.lit(float(end_epoch - days * 86400)) + uniform(seed, "start", s) * (
+        days * 86400 - 7200
+    )
     length = 1 + F.floor(-F.log(1 - uniform(seed, "len", s)) * max(session_mean_events - 1, 0.0))
     gap = 10 + uniform(seed, "gap", s) * 110
     base = sessions.select(
@@ -175,7 +228,9 @@ def generate_clean_events(
         user.cast("long").alias("_user"),
         start.alias("_start"),
         gap.alias("_gap"),
-        F.posexplode(F.sequence(F.lit(0), F.least(length, F.lit(200)).cast("int") - 1)).alias("k", "_x"),
+        F.posexplode(F.sequence(F.lit(0), F.least(length, F.lit(200)).cast("int") - 1)).alias(
+            "k", "_x"
+        ),
     ).drop("_x")
     k = F.col("k")
     fav = F.pmod(F.xxhash64(F.lit(seed), F.lit("taste"), F.col("_user")), F.lit(categories))
@@ -186,7 +241,9 @@ def generate_clean_events(
     cat = F.when(follows, F.when(second, fav2).otherwise(fav)).otherwise(rand_cat)
     per_cat = max(items // categories, 1)
     warm = max(int(per_cat * (1 - cold_items)), 1)
-    rank = F.floor(F.pow(uniform(seed, "rank", "session", k), F.lit(item_popularity_exponent)) * warm)
+    rank = F.floor(
+        F.pow(uniform(seed, "rank", "session", k), F.lit(item_popularity_exponent)) * warm
+    )
     index = F.least(cat + rank * categories, F.lit(items - 1))
     ut = uniform(seed, "type", "session", k)
     etype: Column = F.lit(_TYPE_BANDS[-1][0])
@@ -198,8 +255,22 @@ def generate_clean_events(
     price = F.round(5 + uniform(seed, "price", "session", k) * 95, 2)
     value = F.when(etype == "rating", rating.cast("double")).when(etype == "purchase", price)
     has_id = uniform(seed, "hasid", "session", k) < event_id_fraction
-    event_id = F.when(has_id, F.concat(F.lit("e-"), F.substring(F.sha2(F.concat_ws(
-        ":", F.lit(str(seed)), F.col("session").cast("string"), k.cast("string")), 256), 1, 20)))
+    event_id = F.when(
+        has_id,
+        F.concat(
+            F.lit("e-"),
+            F.substring(
+                F.sha2(
+                    F.concat_ws(
+                        ":", F.lit(str(seed)), F.col("session").cast("string"), k.cast("string")
+                    ),
+                    256,
+                ),
+                1,
+                20,
+            ),
+        ),
+    )
     has_session = uniform(seed, "hassess", "session") < session_id_fraction
     epoch = F.col("_start") + k * F.col("_gap") + uniform(seed, "jit", "session", k)
     return base.select(
@@ -211,7 +282,9 @@ def generate_clean_events(
         epoch.alias("epoch"),
         value.alias(S.VALUE),
         event_id.alias(S.EVENT_ID),
-        F.when(has_session, F.concat(F.lit("s-"), F.col("session").cast("string"))).alias(S.SESSION_ID),
+        F.when(has_session, F.concat(F.lit("s-"), F.col("session").cast("string"))).alias(
+            S.SESSION_ID
+        ),
     )
 
 
@@ -260,7 +333,9 @@ def _ts_text(epoch: Column, style: Column) -> Column:
     return iso
 
 
-def with_faults(events: DataFrame, *, rates: FaultRates, seed: int, allow_malformed: bool = True) -> DataFrame:
+def with_faults(
+    events: DataFrame, *, rates: FaultRates, seed: int, allow_malformed: bool = True
+) -> DataFrame:
     """Inject faults and render each event as its JSON Lines text.
 
     Args:
@@ -282,10 +357,14 @@ def with_faults(events: DataFrame, *, rates: FaultRates, seed: int, allow_malfor
         S.EVENT_ID,
         F.when(
             (F.col(FAULT) == "resent_event") & F.col(S.EVENT_ID).isNull(),
-            F.concat(F.lit("r-"), F.col("session").cast("string"), F.lit("-"), F.col("k").cast("string")),
+            F.concat(
+                F.lit("r-"), F.col("session").cast("string"), F.lit("-"), F.col("k").cast("string")
+            ),
         ).otherwise(F.col(S.EVENT_ID)),
     )
-    copies = F.when(F.col(FAULT).isin("duplicate_line", "resent_event"), F.array(F.lit(0), F.lit(1)))
+    copies = F.when(
+        F.col(FAULT).isin("duplicate_line", "resent_event"), F.array(F.lit(0), F.lit(1))
+    )
     df = df.withColumn("copy", F.explode(F.coalesce(copies, F.array(F.lit(0)))))
     epoch = F.col("epoch") + F.when(
         (F.col(FAULT) == "resent_event") & (F.col("copy") == 1),
@@ -306,11 +385,15 @@ def with_faults(events: DataFrame, *, rates: FaultRates, seed: int, allow_malfor
         .when(fault == "out_of_window", F.lit("1999-06-01T00:00:00Z"))
         .otherwise(as_text)
     )
-    ts_number = F.when(fault.isin("bad_timestamp", "out_of_window"), F.lit(None)).otherwise(as_number)
+    ts_number = F.when(fault.isin("bad_timestamp", "out_of_window"), F.lit(None)).otherwise(
+        as_number
+    )
     user = F.when(fault == "missing_field", F.lit(None)).otherwise(F.col(S.USER_ID))
     item = F.when(
         fault == "unknown_item",
-        F.concat(F.lit("ghost-"), F.col("session").cast("string"), F.lit("-"), F.col("k").cast("string")),
+        F.concat(
+            F.lit("ghost-"), F.col("session").cast("string"), F.lit("-"), F.col("k").cast("string")
+        ),
     ).otherwise(F.col(S.ITEM_ID))
     etype = F.when(fault == "unknown_event_type", F.lit("hover")).otherwise(F.col(S.EVENT_TYPE))
     value_text = F.when(F.col(S.VALUE).isNotNull(), F.format_string("%s", F.col(S.VALUE)))

@@ -21,7 +21,7 @@ from recspark import tables as T
 from recspark.config import Config
 from recspark.errors import ConfigError, ReconciliationError
 from recspark.ingest import transforms as X
-from recspark.io import read_raw
+from recspark.io import input_errors, read_raw
 
 
 def _parse_utc(text: str, key: str) -> datetime:
@@ -152,8 +152,10 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Ingest the configured catalog and events into the warehouse; return the run summary."""
     run_id = cfg.run_id or "manual"
     run_time = datetime.now(UTC)
-    items, item_summary = _ingest_items(spark, cfg, run_id)
-    event_summary = _ingest_events(spark, cfg, run_id, items, run_time)
+    with input_errors(cfg.input.items):
+        items, item_summary = _ingest_items(spark, cfg, run_id)
+    with input_errors(cfg.input.events):
+        event_summary = _ingest_events(spark, cfg, run_id, items, run_time)
 
     all_events = T.read(spark, cfg.warehouse, T.SILVER_EVENTS)
     interactions = X.build_interactions(
