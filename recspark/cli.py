@@ -22,6 +22,7 @@ from pyspark.sql import SparkSession
 
 from recspark.config import DEFAULT_CONFIG, Config, load_config
 from recspark.errors import RecsparkError
+from recspark.progress import progress
 from recspark.session import configure
 
 STAGES: tuple[str, ...] = ("generate", "ingest", "embed", "train", "recommend", "evaluate")
@@ -66,7 +67,8 @@ def run_stages(
         for name in names:
             t0 = time.perf_counter()
             print(f"[recspark] {name}: started (run {cfg.run_id})", file=sys.stderr, flush=True)
-            summary = dict(stage_function(name)(session, cfg))
+            with progress(session, name):
+                summary = dict(stage_function(name)(session, cfg))
             summary.setdefault("stage", name)
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             summaries.append(summary)

@@ -149,3 +149,11 @@ def test_cli_missing_input_names_the_path(tmp_path: Path) -> None:
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("recspark: error:") and str(missing) in last
     assert "Traceback" not in proc.stderr
+
+
+def test_progress_line() -> None:
+    from recspark.progress import Snapshot, format_progress
+
+    line = format_progress("ingest", Snapshot(30, 50, 2), 45.2, 4.0)
+    assert line == "[recspark] ingest: 2 Spark stage(s), 30/50 tasks (60%), 4.0 tasks/s, 45s elapsed"
+    assert "%" not in format_progress("embed", Snapshot(0, 0, 1), 1.0, 0.0)
