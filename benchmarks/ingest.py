@@ -19,13 +19,16 @@ import time
 from pyspark.sql import SparkSession
 
 from recspark.cli import build_session
+from recspark.schema import RAW_EVENT_SCHEMA
 from recspark.config import load_config
 from recspark.generate.job import run as generate
 from recspark.ingest.job import run as ingest
 
 
 def plain_copy(spark: SparkSession, events: str, target: str) -> None:
-    spark.read.json(events).write.format("delta").mode("overwrite").save(target)
+    """The baseline: read the same JSON Lines with an explicit schema, write them to Delta."""
+    df = spark.read.schema(RAW_EVENT_SCHEMA).json(events)
+    df.write.format("delta").mode("overwrite").save(target)
 
 
 def main() -> None:

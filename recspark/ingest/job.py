@@ -118,8 +118,9 @@ def _ingest_events(
         events = X.to_silver_events(
             X.sessionize(accepted, gap_minutes=ic.session_gap_minutes), run_id=run_id
         )
-        if ic.files_per_partition > 0:
-            events = events.repartition(ic.files_per_partition, S.EVENT_DATE)
+        # N files per event_date, the dates spread over all tasks (never one task for all).
+        salt = F.pmod(F.xxhash64(S.EVENT_KEY), F.lit(ic.files_per_partition))
+        events = events.repartition(S.EVENT_DATE, salt)
         inserted = T.merge_new(
             spark,
             events,
