@@ -19,10 +19,10 @@ import time
 from pyspark.sql import SparkSession
 
 from recspark.cli import build_session
-from recspark.schema import RAW_EVENT_SCHEMA
 from recspark.config import load_config
 from recspark.generate.job import run as generate
 from recspark.ingest.job import run as ingest
+from recspark.schema import RAW_EVENT_SCHEMA
 
 
 def plain_copy(spark: SparkSession, events: str, target: str) -> None:
@@ -74,7 +74,8 @@ def main() -> None:
         ok = ev["accepted"] == summary["accepted"] and ev["quarantined"] == summary["quarantined"]
         results.append((n, lines, t_copy, t_ingest))
         print(
-            f"events={lines:>11,d}  copy {t_copy:7.1f}s ({lines / t_copy / cores:9,.0f} ev/s/core)  "
+            f"events={lines:>11,d}  copy {t_copy:7.1f}s "
+            f"({lines / t_copy / cores:9,.0f} ev/s/core)  "
             f"ingest {t_ingest:7.1f}s ({lines / t_ingest / cores:9,.0f} ev/s/core)  "
             f"ratio {t_ingest / t_copy:4.2f}x  counts match generator: {ok}",
             flush=True,
