@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,8 +21,14 @@ def redact(conf: Mapping[str, str]) -> dict[str, str]:
     return {k: ("***" if _SECRET.search(k) else v) for k, v in conf.items()}
 
 
-def spark_settings(cfg: SparkConfig, jars: list[str] | None) -> dict[str, str]:
-    """The Spark settings recspark needs, as a pure function of the config (unit-tested)."""
+def spark_settings(
+    cfg: SparkConfig, jars: list[str] | None, python: str | None = None
+) -> dict[str, str]:
+    """The Spark settings recspark needs, as a pure function of the config (unit-tested).
+
+    ``python`` is the interpreter of the driver: in local mode the Python workers (pandas UDFs,
+    Horovod and TorchDistributor tasks) must use it too, not whatever ``python3`` is on PATH.
+    """
     conf: dict[str, str] = {
         "spark.app.name": cfg.app_name,
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -41,6 +48,9 @@ def spark_settings(cfg: SparkConfig, jars: list[str] | None) -> dict[str, str]:
         conf["spark.driver.memory"] = cfg.driver_memory
     if jars:
         conf["spark.jars"] = ",".join(jars)
+    if python and (cfg.master or "").startswith("local"):
+        conf["spark.pyspark.python"] = python
+        conf["spark.pyspark.driver.python"] = python
     conf.update(cfg.conf)
     return conf
 
@@ -59,6 +69,6 @@ def configure(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.B
         jars = ensure_delta_jars(cache)
     if cfg.master:
         builder = builder.master(cfg.master)
-    for key, value in spark_settings(cfg, jars).items():
+    for key, value in spark_settings(cfg, jars, python=sys.executable).items():
         builder = builder.config(key, value)
     return builder

@@ -5,6 +5,11 @@ set -euo pipefail
 VPY=$1
 OUT=$2
 mkdir -p "$OUT"
+# Built once: a cached wheel is reused, never rebuilt (delete it to force a rebuild).
+if ls "$OUT"/horovod-0.28.1-*.whl >/dev/null 2>&1; then
+  ls "$OUT"/horovod-0.28.1-*.whl
+  exit 0
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$VPY" -m pip download --quiet --no-deps --no-binary :all: horovod==0.28.1 -d "$work"

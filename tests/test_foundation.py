@@ -90,6 +90,10 @@ def test_spark_settings_are_a_pure_function_of_config() -> None:
     assert conf["spark.sql.session.timeZone"] == "UTC"
     assert conf["spark.x"] == "1"
     assert "spark.jars" not in spark_settings(cfg, None)
+    # Local mode: workers use the driver's interpreter; on a cluster, spark-submit decides.
+    assert spark_settings(cfg, None, python="/v/bin/python")["spark.pyspark.python"] == "/v/bin/python"
+    remote = SparkConfig(master=None)
+    assert "spark.pyspark.python" not in spark_settings(remote, None, python="/v/bin/python")
 
 
 def test_secrets_are_redacted() -> None:

@@ -21,6 +21,8 @@ class TrainConfig:
     recency_half_life: float = 10.0  # in events of the user's history
     item_id_dropout: float = 0.3
     temperature: float = 0.05
+    # Uniformly sampled negatives added to the in-batch ones (helps rare and cold items).
+    negatives: int = 64
     weight_decay: float = 0.0
     patience: int = 2
     validation_days: float = 7.0
@@ -51,7 +53,9 @@ class TrainConfig:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, found {self.epochs}")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (in-batch negatives), found {self.batch_size}")
+            raise ValueError(
+                f"batch_size must be >= 2 (in-batch negatives), found {self.batch_size}"
+            )
         if not 0.0 <= self.item_id_dropout < 1.0:
             raise ValueError(f"item_id_dropout must be in [0, 1), found {self.item_id_dropout}")
         if self.history_len < 1 or self.dim < 1 or self.recency_half_life <= 0:

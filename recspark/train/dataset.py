@@ -110,8 +110,10 @@ def item_index(
     require_columns(items.columns, [item_col], "items")
     require_columns(item_embeddings.columns, [item_col, embedding_col], "item_embeddings")
     cat = F.col(category_col) if category_col in items.columns else F.lit(None).cast("string")
-    cats = items.select(F.col(item_col).alias(ITEM_ID), cat.alias(CATEGORY)).groupBy(ITEM_ID).agg(
-        F.min(CATEGORY).alias(CATEGORY)
+    cats = (
+        items.select(F.col(item_col).alias(ITEM_ID), cat.alias(CATEGORY))
+        .groupBy(ITEM_ID)
+        .agg(F.min(CATEGORY).alias(CATEGORY))
     )
     embs = item_embeddings.select(
         F.col(item_col).alias(ITEM_ID), F.col(embedding_col).alias(EMBEDDING)
@@ -128,9 +130,7 @@ def item_index(
     return numbered.join(cats, ITEM_ID, "left").join(embs, ITEM_ID, "left")
 
 
-def sequence_examples(
-    interactions: DataFrame, index: DataFrame, history_len: int
-) -> DataFrame:
+def sequence_examples(interactions: DataFrame, index: DataFrame, history_len: int) -> DataFrame:
     """One example per interaction that has at least one earlier interaction of its user.
 
     Interactions (``user_id``, ``item_id``, ``weight``, ``first_ts``) are ordered per user by
@@ -172,9 +172,7 @@ def mark_validation(examples: DataFrame, validation_days: float) -> DataFrame:
     """
     newest = examples.agg(F.max(TS).alias("_newest"))
     cut = F.col("_newest") - F.make_dt_interval(secs=F.lit(validation_days * 86400.0))
-    return (
-        examples.crossJoin(newest).withColumn(IS_VALID, F.col(TS) > cut).drop("_newest")
-    )
+    return examples.crossJoin(newest).withColumn(IS_VALID, F.col(TS) > cut).drop("_newest")
 
 
 def known_items(examples: DataFrame) -> DataFrame:
@@ -235,9 +233,7 @@ def last_interactions(interactions: DataFrame, history_len: int) -> DataFrame:
     )
 
 
-def weighted_user_vectors(
-    last: DataFrame, item_vectors: DataFrame, half_life: float
-) -> DataFrame:
+def weighted_user_vectors(last: DataFrame, item_vectors: DataFrame, half_life: float) -> DataFrame:
     """The user tower in Spark: the recency-weighted mean of history item vectors.
 
     ``last``: ``user_id``, ``item_id``, ``age``; ``item_vectors``: ``item_id``, ``vector``.

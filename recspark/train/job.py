@@ -1,14 +1,64 @@
-"""The train stage's run function (not built yet)."""
+"""``recspark train``: fit on silver/events; write gold/item_vectors and gold/user_vectors."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
+from recspark import tables
 from recspark.config import Config
-from recspark.errors import StageNotReadyError
+from recspark.schema import MODEL_VERSION
+from recspark.train.api import fit, item_vectors, user_vectors
+from recspark.train.plan import model_version
+
+MODELS = "models"
+
+
+def _input_versions(spark: SparkSession, warehouse: str, names: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for name in names:
+        row = DeltaTable.forPath(spark, tables.table_path(warehouse, name)).history(1).first()
+        out[name] = int(row["version"]) if row is not None else -1
+    return out
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    raise StageNotReadyError("the train stage is not built yet")
+    """Train (or resume, or reuse) the model of the current inputs and write its vectors.
+
+    The model version is ``train.model_version`` or a hash of the train settings, the seed and
+    the Delta versions of the inputs: the same command on the same inputs resumes a killed run
+    from its last checkpoint, and reuses a finished model.
+    """
+    wh = cfg.warehouse
+    inputs = [tables.SILVER_EVENTS, tables.SILVER_ITEMS, tables.GOLD_ITEM_EMBEDDINGS]
+    events = tables.read(spark, wh, tables.SILVER_EVENTS)
+    items = tables.read(spark, wh, tables.SILVER_ITEMS)
+    embeddings = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
+    version = model_version(
+        dataclasses.asdict(cfg.train),
+        cfg.seed,
+        _input_versions(spark, wh, inputs),
+        cfg.train.model_version,
+    )
+    model_dir = tables.table_path(wh, f"{MODELS}/{version}")
+    result = fit(spark, cfg, events, items, embeddings, model_dir)
+    iv = item_vectors(spark, result.model_dir, items, embeddings)
+    tables.overwrite(
+        iv.withColumn(MODEL_VERSION, F.lit(result.model_version)), wh, tables.GOLD_ITEM_VECTORS
+    )
+    iv_saved = tables.read(spark, wh, tables.GOLD_ITEM_VECTORS)
+    uv = user_vectors(spark, result.model_dir, events, iv_saved)
+    tables.overwrite(
+        uv.withColumn(MODEL_VERSION, F.lit(result.model_version)), wh, tables.GOLD_USER_VECTORS
+    )
+    return {
+        "stage": "train",
+        "model_version": result.model_version,
+        "model_dir": result.model_dir,
+        "metrics": result.metrics,
+        "launcher": cfg.train.launcher,
+    }

@@ -101,7 +101,9 @@ class TwoTower(nn.Module):
         total = w.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return (w.unsqueeze(-1) * hist_vecs).sum(dim=1) / total
 
-    def users(self, feats: ItemFeatures, history: Tensor, item_vecs: Tensor | None = None) -> Tensor:
+    def users(
+        self, feats: ItemFeatures, history: Tensor, item_vecs: Tensor | None = None
+    ) -> Tensor:
         """User vectors from padded histories; ``item_vecs`` ([N, dim]) skips the item tower."""
         mask = history >= 0
         safe = history.clamp_min(0)
@@ -188,6 +190,32 @@ def rank_metrics(
         hit = rank <= k
         ndcg = torch.where(hit, 1.0 / torch.log2(rank.to(torch.float32) + 1.0), 0.0)
         return float(ndcg.sum()), float(hit.to(torch.float32).sum()), int(target.numel())
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(
+    model: TwoTower,
+    feats: ItemFeatures,
+    history: Tensor,
+    target: Tensor,
+    k: int,
+    chunk: int = 1024,
+) -> tuple[float, float, int]:
+    """:func:`rank_metrics` over ``chunk`` examples at a time (scores stay ``chunk x N``)."""
+    was_training = model.training
+    model.eval()
+    try:
+        all_items = torch.arange(feats.text.shape[0], device=feats.text.device)
+        item_vecs = model.items(feats, all_items)
+        ndcg, recall, n = 0.0, 0.0, 0
+        for i in range(0, int(target.shape[0]), chunk):
+            part = rank_metrics(
+                model, feats, history[i : i + chunk], target[i : i + chunk], k, item_vecs
+            )
+            ndcg, recall, n = ndcg + part[0], recall + part[1], n + part[2]
+        return ndcg, recall, n
     finally:
         model.train(was_training)
 

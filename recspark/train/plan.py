@@ -90,9 +90,7 @@ def is_local_master(master: str | None) -> bool:
     return bool(master) and bool(re.fullmatch(r"local(\[[0-9*]+(,\s*[0-9]+)?\])?", master or ""))
 
 
-def plan_launch(
-    cfg: TrainConfig, slots: int, cores: int, master: str | None
-) -> LaunchPlan:
+def plan_launch(cfg: TrainConfig, slots: int, cores: int, master: str | None) -> LaunchPlan:
     """The whole plan of a launch from the config and what the cluster offers."""
     n = plan_num_proc(cfg.launcher, cfg.num_proc, slots)
     return LaunchPlan(

@@ -19,22 +19,26 @@ import numpy as np
 
 Batch = dict[str, np.ndarray]
 
+# petastorm 0.12 on pyarrow 14 reads through the legacy dataset API: it works, but warns on
+# every row group.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+
 
 def dataset_url(path: str) -> str:
     """A Petastorm URL for a local path or a URL (``file:``, ``hdfs:``, ``s3:``...)."""
     if "://" in path:
         return path
     if path.startswith("file:"):
-        return "file://" + os.path.abspath(path[len("file:"):])
+        return "file://" + os.path.abspath(path[len("file:") :])
     return "file://" + os.path.abspath(path)
 
 
 def local_path(path: str) -> str:
     """A filesystem path for ``file:`` URLs and plain paths (other URLs are returned as given)."""
     if path.startswith("file://"):
-        return path[len("file://"):]
+        return path[len("file://") :]
     if path.startswith("file:"):
-        return path[len("file:"):]
+        return path[len("file:") :]
     return path
 
 
@@ -42,17 +46,14 @@ def local_path(path: str) -> str:
 def _reader(url: str, rank: int, size: int, fields: Sequence[str], **kw: Any) -> Iterator[Any]:
     from petastorm import make_batch_reader
 
-    with warnings.catch_warnings():
-        # petastorm 0.12 on pyarrow 14 uses the legacy dataset API (works, but warns).
-        warnings.simplefilter("ignore", FutureWarning)
-        reader = make_batch_reader(
-            url,
-            schema_fields=list(fields),
-            cur_shard=rank,
-            shard_count=size,
-            num_epochs=1,
-            **kw,
-        )
+    reader = make_batch_reader(
+        url,
+        schema_fields=list(fields),
+        cur_shard=rank,
+        shard_count=size,
+        num_epochs=1,
+        **kw,
+    )
     try:
         yield reader
     finally:

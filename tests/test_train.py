@@ -1,0 +1,571 @@
+"""Train stage: planning, data building, the model, Petastorm sharding, launchers, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from chispa import assert_df_equality
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    FloatType,
+    IntegerType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from recspark.config import Config
+from recspark.errors import ConfigError, LaunchError
+from recspark.train import dataset as ds
+from recspark.train.api import fit, item_vectors, user_vectors
+from recspark.train.config import TrainConfig
+from recspark.train.launch import run_training
+from recspark.train.loop import MODEL_FILE, TrainSpec, train_worker
+from recspark.train.model import (
+    ItemFeatures,
+    ModelShape,
+    TwoTower,
+    batch_loss,
+    evaluate,
+    rank_metrics,
+    recency_weights,
+)
+from recspark.train.plan import (
+    LaunchPlan,
+    is_local_master,
+    model_version,
+    plan_backend,
+    plan_device,
+    plan_launch,
+    plan_num_proc,
+    plan_threads,
+    scaled_learning_rate,
+)
+from recspark.train.reader import dataset_url, shard_batches, shard_rows
+
+# Spark's Python workers (horovod.spark.run tasks, mapInPandas) must run this interpreter, which
+# has torch and horovod; the session fixture is created after collection, so this applies.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+# petastorm 0.12 reads through pyarrow's legacy dataset API, which warns on every row group.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning:petastorm")
+
+EVENTS_SCHEMA = StructType(
+    [
+        StructField("user_id", StringType(), False),
+        StructField("item_id", StringType(), False),
+        StructField("event_type", StringType(), False),
+        StructField("event_ts", TimestampType(), False),
+    ]
+)
+ITEMS_SCHEMA = StructType(
+    [StructField("item_id", StringType(), False), StructField("category", StringType())]
+)
+EMB_SCHEMA = StructType(
+    [
+        StructField("item_id", StringType(), False),
+        StructField("embedding", ArrayType(FloatType(), False), False),
+    ]
+)
+N_CATS, PER_CAT, TEXT_DIM = 4, 8, 8
+T0 = datetime(2024, 1, 1)
+
+
+def _item(c: int, j: int) -> str:
+    return f"c{c}i{j}"
+
+
+def synthetic(spark: SparkSession, users_per_cat: int = 10, seed: int = 0) -> tuple[DataFrame, ...]:
+    """A separable world: users stay in one category; text embeddings point to the category.
+
+    Item ``c{c}i7`` of every category is a cold item: in the catalog, never in events; item
+    ``c{c}i6`` is new in the validation period (only the final model learns its id).
+    """
+    rng = np.random.default_rng(seed)
+    events: list[tuple[str, str, str, datetime]] = []
+    for c in range(N_CATS):
+        for u in range(users_per_cat):
+            user = f"u{c}_{u}"
+            seq = rng.permutation(PER_CAT - 2)[:5]
+            for t, j in enumerate(seq):
+                ts = T0 + timedelta(days=2 * t + float(rng.random()), hours=u)
+                etype = "purchase" if t % 3 == 0 else "view"
+                events.append((user, _item(c, int(j)), etype, ts))
+            if u < 3:
+                events.append((user, _item(c, 6), "click", T0 + timedelta(days=11, hours=u)))
+    items = [(_item(c, j), f"cat{c}") for c in range(N_CATS) for j in range(PER_CAT)]
+    embs = []
+    for c in range(N_CATS):
+        for j in range(PER_CAT):
+            v = 0.3 * rng.standard_normal(TEXT_DIM)
+            v[c] += 1.0
+            embs.append((_item(c, j), [float(x) for x in v]))
+    return (
+        spark.createDataFrame(events, EVENTS_SCHEMA),
+        spark.createDataFrame(items, ITEMS_SCHEMA),
+        spark.createDataFrame(embs, EMB_SCHEMA),
+    )
+
+
+def small_cfg(warehouse: str, **train: Any) -> Config:
+    base: dict[str, Any] = {
+        "launcher": "local",
+        "num_proc": 1,
+        "epochs": 3,
+        "batch_size": 16,
+        "learning_rate": 0.01,
+        "dim": 8,
+        "history_len": 4,
+        "recency_half_life": 2.0,
+        "patience": 2,
+        "validation_days": 2.0,
+        "negatives": 8,
+        "reader_pool": "dummy",
+        "data_files": 4,
+        "torch_threads": 1,
+    }
+    base.update(train)
+    return Config(warehouse=warehouse, seed=7, train=TrainConfig(**base))
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_plan_backend_device_and_lr() -> None:
+    assert plan_backend(False) == "gloo"
+    assert plan_backend(True) == "nccl"
+    assert plan_device(False, True, 3) == "cpu"
+    assert plan_device(True, True, 1) == "cuda:1"
+    with pytest.raises(LaunchError, match="no CUDA"):
+        plan_device(True, False, 0)
+    assert scaled_learning_rate(0.002, 4) == pytest.approx(0.008)
+    assert plan_threads(0, 8, 2) == 4
+    assert plan_threads(0, 2, 4) == 1
+    assert plan_threads(3, 2, 4) == 3
+
+
+def test_plan_num_proc_and_launch() -> None:
+    assert plan_num_proc("local", 8, 2) == 1
+    assert plan_num_proc("horovod", 2, 2) == 2
+    assert plan_num_proc("torch_distributor", 4, 2) == 4  # torchrun does not need task slots
+    with pytest.raises(LaunchError, match="2 task slots"):
+        plan_num_proc("horovod", 3, 2)
+    assert is_local_master("local[2]") and is_local_master("local") and is_local_master("local[*]")
+    assert not is_local_master("spark://host:7077") and not is_local_master(None)
+    plan = plan_launch(TrainConfig(launcher="horovod", num_proc=2), slots=4, cores=2, master="yarn")
+    assert plan == LaunchPlan("horovod", 2, "gloo", False, 0.004, 1, False)
+
+
+def test_model_version_is_stable_and_checked() -> None:
+    a = model_version({"dim": 8}, 1, {"silver/events": 3})
+    assert a == model_version({"dim": 8}, 1, {"silver/events": 3})
+    assert a != model_version({"dim": 8}, 1, {"silver/events": 4})
+    assert a != model_version({"dim": 16}, 1, {"silver/events": 3})
+    assert model_version({}, 1, {}, "v1") == "v1"
+    with pytest.raises(ConfigError, match="model_version"):
+        model_version({}, 1, {}, "../x")
+
+
+def test_train_config_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="data_files"):
+        TrainConfig(num_proc=4, data_files=2)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=1)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def test_recency_weights_match_the_formula() -> None:
+    mask = torch.tensor([[False, True, True, True]])
+    w = recency_weights(mask, 2.0)
+    expected = [0.0, 0.5**1.0, 0.5**0.5, 1.0]
+    assert torch.allclose(w, torch.tensor([expected]))
+
+
+def _separable_tensors(n: int, seed: int) -> tuple[ItemFeatures, torch.Tensor, torch.Tensor]:
+    """Items 0..31 in 4 categories; a history of items 1..7 of a category predicts its item 0."""
+    g = torch.Generator().manual_seed(seed)
+    n_items = N_CATS * PER_CAT
+    cat = torch.arange(n_items) // PER_CAT
+    text = 0.3 * torch.randn(n_items, TEXT_DIM, generator=g)
+    text[torch.arange(n_items), cat] += 1.0
+    feats = ItemFeatures(text, torch.arange(1, n_items + 1), cat + 1)
+    c = torch.randint(0, N_CATS, (n,), generator=g)
+    hist = torch.randint(1, PER_CAT, (n, 3), generator=g) + (c * PER_CAT).unsqueeze(1)
+    hist[:, 0] = -1  # padding
+    return feats, hist, c * PER_CAT
+
+
+def test_loss_falls_and_ranking_beats_chance_on_separable_data() -> None:
+    torch.manual_seed(0)
+    feats, hist, target = _separable_tensors(512, 1)
+    model = TwoTower(ModelShape(TEXT_DIM, N_CATS * PER_CAT, N_CATS, dim=8, temperature=0.1))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    weight = torch.ones(64)
+    losses = []
+    for step in range(60):
+        i = slice((step * 64) % 512, (step * 64) % 512 + 64)
+        opt.zero_grad()
+        negs = torch.randint(0, N_CATS * PER_CAT, (16,))
+        loss = batch_loss(model, feats, hist[i], target[i], weight, negs)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert np.mean(losses[-10:]) < 0.5 * losses[0]
+    # The right item ranks first for nearly everyone (chance: NDCG@5 about 0.1).
+    ndcg, recall, n = rank_metrics(model, feats, hist[:128], target[:128], k=5)
+    assert n == 128 and ndcg / n > 0.9 and recall / n > 0.95
+
+
+def test_ranking_metrics_match_a_numpy_reference() -> None:
+    feats, hist, _ = _separable_tensors(7, 4)
+    target = torch.tensor([0, 9, 17, 25, 3, 30, 12])
+    torch.manual_seed(0)
+    model = TwoTower(ModelShape(TEXT_DIM, N_CATS * PER_CAT, N_CATS, dim=8)).eval()
+    with torch.no_grad():
+        items = model.items(feats, torch.arange(N_CATS * PER_CAT)).numpy()
+        users = model.users(feats, hist).numpy()
+    ndcg_ref, hits_ref = 0.0, 0.0
+    for u, h, t in zip(users, hist.numpy(), target.numpy(), strict=True):
+        scores = items @ u
+        excluded = {int(i) for i in h if i >= 0}
+        better = sum(1 for j, sc in enumerate(scores) if j not in excluded and sc > scores[t])
+        rank = better + 1
+        if rank <= 5:
+            ndcg_ref += 1.0 / np.log2(rank + 1)
+            hits_ref += 1.0
+    ndcg, hits, n = evaluate(model, feats, hist, target, k=5, chunk=2)
+    assert n == 7 and hits_ref > 0
+    assert ndcg == pytest.approx(ndcg_ref, rel=1e-5) and hits == hits_ref
+
+
+def test_zero_weight_rows_give_zero_gradient() -> None:
+    feats, hist, target = _separable_tensors(8, 2)
+    model = TwoTower(ModelShape(TEXT_DIM, N_CATS * PER_CAT, N_CATS, dim=8))
+    loss = batch_loss(model, feats, hist, target, torch.zeros(8))
+    loss.backward()
+    assert float(loss) == 0.0
+    assert all(float(p.grad.abs().sum()) == 0.0 for p in model.parameters() if p.grad is not None)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_sequence_examples_history_and_padding(spark: SparkSession) -> None:
+    ts = [T0 + timedelta(hours=h) for h in range(4)]
+    inter = spark.createDataFrame(
+        [
+            ("u", "a", 1.0, ts[0]),
+            ("u", "c", 2.0, ts[1]),
+            ("u", "b", 1.0, ts[1]),
+            ("u", "a2", 4.0, ts[3]),
+            ("v", "a", 1.0, ts[0]),
+        ],
+        "user_id string, item_id string, weight double, first_ts timestamp",
+    )
+    index = spark.createDataFrame(
+        [("a", 0), ("a2", 1), ("b", 2), ("c", 3)], "item_id string, item_idx int"
+    )
+    got = ds.sequence_examples(inter, index, history_len=2).drop(ds.EXAMPLE_ID, ds.TS)
+    schema = StructType(
+        [
+            StructField("user_id", StringType()),
+            StructField("target", IntegerType()),
+            StructField("history", ArrayType(IntegerType())),
+            StructField("weight", FloatType()),
+        ]
+    )
+    # Order a, b, c (tie on time broken by item id), a2; v has a single interaction: no example.
+    expected = spark.createDataFrame(
+        [("u", 2, [-1, 0], 1.0), ("u", 3, [0, 2], 2.0), ("u", 1, [2, 3], 4.0)], schema
+    )
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_interactions_from_events_weights_and_cutoff(spark: SparkSession) -> None:
+    events = spark.createDataFrame(
+        [
+            ("u", "a", "view", T0),
+            ("u", "a", "purchase", T0 + timedelta(hours=1)),
+            ("u", "b", "view", T0 + timedelta(days=2)),
+            ("u", "c", "unknown", T0),
+        ],
+        EVENTS_SCHEMA,
+    )
+    got = ds.interactions_from_events(events, {"view": 1.0, "purchase": 8.0}, as_of="2024-01-02")
+    expected = spark.createDataFrame(
+        [("u", "a", 9.0, T0)], "user_id string, item_id string, weight double, first_ts timestamp"
+    )
+    assert_df_equality(got, expected, ignore_nullable=True)
+
+
+def test_spark_user_vectors_match_the_torch_user_tower(spark: SparkSession) -> None:
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((5, 3)).astype(np.float32)
+    iv = spark.createDataFrame(
+        [(f"i{j}", [float(x) for x in vecs[j]]) for j in range(5)],
+        "item_id string, vector array<float>",
+    )
+    inter = spark.createDataFrame(
+        [("u", f"i{j}", 1.0, T0 + timedelta(hours=j)) for j in (4, 0, 2, 3)],
+        "user_id string, item_id string, weight double, first_ts timestamp",
+    )
+    last = ds.last_interactions(inter, history_len=3)
+    got = np.array(ds.weighted_user_vectors(last, iv, 1.5).collect()[0]["vector"])
+    # torch reference: history oldest -> newest = i2, i3, i4 (i0 falls out of the last 3).
+    model = TwoTower(ModelShape(3, 5, 1, dim=3, recency_half_life=1.5))
+    hist = torch.tensor([[2, 3, 4]])
+    ref = model.user_tower(torch.from_numpy(vecs)[hist], hist >= 0)[0].numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def _write_examples(spark: SparkSession, path: str, n: int, files: int) -> None:
+    df = spark.range(n).select(
+        F.col("id").alias("example_id"),
+        (F.col("id") % 7).cast("int").alias("target"),
+        F.array(F.lit(-1), (F.col("id") % 5).cast("int")).alias("history"),
+        F.lit(1.0).cast("float").alias("weight"),
+    )
+    df.repartition(files).write.mode("overwrite").parquet(path)
+
+
+def test_petastorm_shards_deliver_every_row_exactly_once(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "ex")
+    _write_examples(spark, path, n=103, files=5)  # 5 row groups over 2 ranks: uneven shards
+    url = dataset_url(path)
+    fields = ["example_id", "target", "history", "weight"]
+    seen: list[int] = []
+    counts = []
+    for rank in range(2):
+        rows = shard_rows(url, rank, 2, "example_id")
+        batches = list(
+            shard_batches(
+                url, rank, 2, fields, 10, seed=1, epoch=1, pool="dummy", shuffle_buffer=16
+            )
+        )
+        assert len(batches) == math.ceil(rows / 10)
+        assert all(len(b["example_id"]) == 10 for b in batches[:-1])
+        assert batches[0]["history"].shape[1] == 2
+        seen += [int(i) for b in batches for i in b["example_id"]]
+        counts.append(rows)
+    assert sorted(seen) == list(range(103))
+    assert counts[0] != counts[1] and sum(counts) == 103
+
+
+# --------------------------------------------------------------------------- fit and launchers
+
+
+@pytest.fixture(scope="module")
+def fitted(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One model for the module, trained by the job on Delta inputs (local launcher)."""
+    from recspark import tables
+    from recspark.train import job
+
+    wh = str(tmp_path_factory.mktemp("train_fit") / "warehouse")
+    events, items, embs = synthetic(spark)
+    tables.overwrite(events, wh, tables.SILVER_EVENTS)
+    tables.overwrite(items, wh, tables.SILVER_ITEMS)
+    tables.overwrite(embs, wh, tables.GOLD_ITEM_EMBEDDINGS)
+    cfg = small_cfg(wh, model_version="v1")
+    summary = job.run(spark, cfg)
+    return {
+        "wh": wh,
+        "cfg": cfg,
+        "summary": summary,
+        "result": fit(spark, cfg, events, items, embs, summary["model_dir"]),
+        "events": events,
+        "items": items,
+        "embs": embs,
+        "model_dir": summary["model_dir"],
+    }
+
+
+def test_fit_writes_a_tracked_model_that_learned_from_all_data(fitted: dict[str, Any]) -> None:
+    import json
+
+    result = fitted["result"]
+    assert result.model_version == "v1"
+    meta = json.loads((Path(fitted["model_dir"]) / "meta.json").read_text())
+    phases = [(h["phase"], h["epoch"]) for h in meta["history"]]
+    best = meta["best_epoch"]
+    assert 1 <= best <= 3
+    assert phases[-best:] == [("final", e) for e in range(1, best + 1)]
+    assert result.metrics["valid_examples"] > 0 and result.metrics["train_examples"] > 0
+    assert 0.0 <= result.metrics["val_ndcg_at_10"] <= 1.0
+    # The final model's item ids cover the validation period too (it learned from everything).
+    feats = Path(fitted["model_dir"]) / "data" / "items"
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(str(feats)).to_pandas()
+    assert (t.known_all.sum() > t.known_train.sum()) and not (t.known_train & ~t.known_all).any()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri="file://" + os.path.abspath(fitted["wh"]) + "/mlruns")
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.data.tags["model_version"] == "v1"
+    assert "validate/val_ndcg_at_10" in run.data.metrics
+    assert run.data.params["train.dim"] == "8"
+    hist = client.get_metric_history(run.info.run_id, "validate/train_loss")
+    assert len(hist) == sum(1 for p, _ in phases if p == "validate")
+    # Fitting again with the same model folder reuses the finished model.
+    again = fit(
+        SparkSession.getActiveSession(),
+        fitted["cfg"],
+        fitted["events"],
+        fitted["items"],
+        fitted["embs"],
+        fitted["model_dir"],
+    )
+    assert again == result
+
+
+def test_vectors_cover_cold_items_and_score_like_the_model(
+    spark: SparkSession, fitted: dict[str, Any]
+) -> None:
+    iv = item_vectors(spark, fitted["model_dir"], fitted["items"], fitted["embs"])
+    assert iv.schema["vector"].dataType == ArrayType(FloatType())
+    got = {r["item_id"]: np.array(r["vector"]) for r in iv.collect()}
+    assert set(got) == {_item(c, j) for c in range(N_CATS) for j in range(PER_CAT)}
+    assert all(abs(np.linalg.norm(v) - 1) < 1e-4 for v in got.values())
+    # Cold items (c*i7, never in events) score from their text: nearest to their category.
+    for c in range(N_CATS):
+        cold = got[_item(c, 7)]
+        same = np.mean([cold @ got[_item(c, j)] for j in range(7)])
+        other = np.mean([cold @ got[_item((c + 1) % N_CATS, j)] for j in range(7)])
+        assert same > other
+    uv = user_vectors(spark, fitted["model_dir"], fitted["events"], iv)
+    users = {r["user_id"]: np.array(r["vector"]) for r in uv.collect()}
+    assert len(users) == N_CATS * 10
+    # A new user (not in training) with a history of category-2 items gets category-2 scores.
+    new = spark.createDataFrame(
+        [("new", _item(2, 0), "view", T0), ("new", _item(2, 1), "view", T0 + timedelta(hours=1))],
+        EVENTS_SCHEMA,
+    )
+    nv = np.array(user_vectors(spark, fitted["model_dir"], new, iv).collect()[0]["vector"])
+    scores = {i: float(nv @ v) for i, v in got.items()}
+    top = sorted(scores, key=lambda i: -scores[i])[:4]
+    assert all(i.startswith("c2") for i in top)
+
+
+def _spec_for(tmp: Path, data_dir: str, **kw: Any) -> TrainSpec:
+    base = dict(
+        data_dir=data_dir,
+        model_dir=str(tmp),
+        shape=ModelShape(TEXT_DIM, N_CATS * PER_CAT, N_CATS, dim=8, temperature=0.1),
+        epochs=2,
+        patience=2,
+        batch_size=16,
+        learning_rate=0.01,
+        history_len=4,
+        negatives=8,
+        seed=3,
+        reader_pool="dummy",
+        torch_threads=1,
+    )
+    base.update(kw)
+    return TrainSpec(**base)  # type: ignore[arg-type]
+
+
+def test_killed_run_resumes_from_its_checkpoint(fitted: dict[str, Any], tmp_path: Path) -> None:
+    data_dir = str(Path(fitted["model_dir"]) / "data")
+    whole = train_worker(_spec_for(tmp_path / "whole", data_dir))
+    crashing = _spec_for(tmp_path / "killed", data_dir, crash_after=("validate", 1))
+    # A separate process is SIGKILLed right after its first checkpoint: no cleanup runs.
+    (tmp_path / "spec.pkl").write_bytes(pickle.dumps(crashing))
+    code = (
+        "import os, pickle, signal, sys\n"
+        "from recspark.train.loop import train_worker\n"
+        "spec = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "try:\n"
+        "    train_worker(spec)\n"
+        "except RuntimeError:\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "spec.pkl")], capture_output=True, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert (tmp_path / "killed" / "checkpoints" / "last.pt").exists()
+    assert not (tmp_path / "killed" / MODEL_FILE).exists()
+    resumed = train_worker(dataclasses.replace(crashing, crash_after=None))
+    assert resumed["resumed_from"] == "validate:1"
+    assert whole["resumed_from"] is None
+    # Resuming replays exactly what the uninterrupted run did.
+    assert resumed["history"] == whole["history"]
+    assert resumed["digest"] == whole["digest"]
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = torch.load(path / MODEL_FILE, map_location="cpu")
+    return out
+
+
+@pytest.mark.slow
+def test_horovod_two_ranks_and_torch_distributor_train_the_same_model(
+    spark: SparkSession, fitted: dict[str, Any], tmp_path: Path
+) -> None:
+    data_dir = str(Path(fitted["model_dir"]) / "data")
+    plan = LaunchPlan("horovod", 2, "gloo", False, 0.02, 1, True)
+    spec = _spec_for(tmp_path / "hvd", data_dir, learning_rate=0.02, collect_ids=True)
+    ranks = run_training(spark, spec, plan, timeout=120)
+    assert [r["rank"] for r in ranks] == [0, 1] and all(r["size"] == 2 for r in ranks)
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    # Every training row exactly once per epoch across the two ranks.
+    import pyarrow.parquet as pq
+
+    for key in ranks[0]["seen_ids"]:
+        part = "train" if key.startswith("validate") else "all"
+        ids = pq.read_table(os.path.join(data_dir, part), columns=["example_id"])
+        expected = sorted(ids.column("example_id").to_pylist())
+        got = sorted(ranks[0]["seen_ids"][key] + ranks[1]["seen_ids"][key])
+        assert got == expected, key
+    assert ranks[0]["seen_ids"]["validate:1"] and ranks[1]["seen_ids"]["validate:1"]
+    # The same training under TorchDistributor (torch.distributed, Gloo) gives the same model.
+    td_plan = dataclasses.replace(plan, launcher="torch_distributor")
+    td_spec = dataclasses.replace(spec, model_dir=str(tmp_path / "td"), collect_ids=False)
+    (td,) = run_training(spark, td_spec, td_plan)
+    assert td["rank"] == 0 and td["size"] == 2
+    assert td["history"][-1]["phase"] == "final"
+    hv, tv = _state(tmp_path / "hvd"), _state(tmp_path / "td")
+    for name in hv:
+        torch.testing.assert_close(hv[name], tv[name], rtol=1e-4, atol=1e-5)
+
+
+def test_job_writes_vectors_and_reuses_the_finished_model(
+    spark: SparkSession, fitted: dict[str, Any]
+) -> None:
+    from recspark import tables
+    from recspark.train import job
+    from recspark.train.plan import model_version as derive
+
+    summary, wh = fitted["summary"], fitted["wh"]
+    assert summary["model_version"] == "v1" and summary["model_dir"].endswith("models/v1")
+    assert summary["metrics"] == fitted["result"].metrics
+    iv = tables.read(spark, wh, tables.GOLD_ITEM_VECTORS)
+    uv = tables.read(spark, wh, tables.GOLD_USER_VECTORS)
+    assert iv.columns == ["item_id", "vector", "model_version"]
+    assert uv.columns == ["user_id", "vector", "model_version"]
+    assert iv.count() == N_CATS * PER_CAT and uv.count() == N_CATS * 10
+    assert {r[0] for r in uv.select("model_version").distinct().collect()} == {"v1"}
+    # Started again, the job finds the finished model instead of training another.
+    again = job.run(spark, fitted["cfg"])
+    assert again["model_version"] == "v1" and again["metrics"] == summary["metrics"]
+    # Without an explicit version, the version is derived from settings and input versions.
+    assert derive({"a": 1}, 7, {"silver/events": 0}).startswith("m-")
