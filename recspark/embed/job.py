@@ -15,12 +15,13 @@ from typing import Any
 from pyspark import StorageLevel
 from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from recspark import tables
 from recspark.config import Config
 from recspark.embed.model import encode_settings
 from recspark.embed.transforms import embed_items, prepare_items, user_embeddings
-from recspark.errors import ModelError
+from recspark.errors import DependencyError, ModelError
 from recspark.schema import (
     EMBEDDING,
     ITEM_ID,
@@ -34,6 +35,7 @@ from recspark.schema import (
 
 ARROW_BATCH_CONF = "spark.sql.execution.arrow.maxRecordsPerBatch"
 _WORKER_MODEL_ERROR = re.compile(r"recspark\.errors\.ModelError: (.*)")
+_WORKER_MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
 
 
 def _count(df: Any) -> int:
@@ -73,8 +75,14 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         )
 
     items = prepare_items(raw_items)
-    item_rows = _count(raw_items)
-    items_total = _count(items)
+    counts = raw_items.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count(F.col(ITEM_ID)).alias("with_id"),
+        F.countDistinct(F.col(ITEM_ID)).alias("ids"),
+    ).first()
+    item_rows, rows_with_id, items_total = (
+        (int(counts["rows"]), int(counts["with_id"]), int(counts["ids"])) if counts else (0, 0, 0)
+    )
     removed = existing.join(items, on=ITEM_ID, how="left_anti") if existing is not None else None
     items_removed = _count(removed) if removed is not None else 0
 
@@ -94,6 +102,14 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             found = _WORKER_MODEL_ERROR.search(str(e))
             if found:
                 raise ModelError(found.group(1).strip()) from e
+            missing = _WORKER_MISSING_MODULE.search(str(e))
+            if missing:
+                python = spark.sparkContext.pythonExec
+                raise DependencyError(
+                    f"the executors' Python ({python}) has no module '{missing.group(1)}': "
+                    "point PYSPARK_PYTHON / spark.pyspark.python at the environment that has "
+                    "recspark, torch and transformers"
+                ) from e
             raise
         embed_seconds = time.perf_counter() - t_embed
 
@@ -127,7 +143,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "model_name": settings.model_name,
         "model_path": settings.model_path,
         "items_total": items_total,
-        "duplicate_item_rows": item_rows - items_total,
+        "duplicate_item_rows": rows_with_id - items_total,  # one row kept per item id
+        "item_rows_without_id": item_rows - rows_with_id,  # dropped
         "items_embedded": items_embedded,
         "items_unchanged": items_total - items_embedded,
         "items_removed": items_removed,
@@ -137,4 +154,3 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "texts_per_second": round(items_embedded / embed_seconds, 1) if embed_seconds > 0 else None,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-

@@ -330,7 +330,7 @@ def load_encoder(path: str | Path, device: DeviceChoice) -> Encoder:
         model = AutoModel.from_pretrained(
             str(path), local_files_only=True, torch_dtype=device.dtype
         )
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+    except Exception as e:  # safetensors, tokenizers, OSError, ...: all an unreadable folder
         raise ModelError(f"model folder {path} could not be loaded: {_one_line(e)}") from e
     model.to(device.device)
     model.eval()

@@ -119,7 +119,7 @@ def items_to_embed(
         .select(item_col, hash_col)
         .dropDuplicates([item_col, hash_col])
     )
-    return items.join(current, on=[item_col, hash_col], how="left_anti")
+    return items.join(current, on=[item_col, hash_col], how="left_anti").select(*items.columns)
 
 
 def _embed_batches(

