@@ -1,0 +1,481 @@
+"""spark-submit on a standalone cluster: the command builders, the runner's failure reports and
+cleanup, and one end-to-end run of the shipped wheel on a real master + worker on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recspark import cluster as C
+from recspark import tables as T
+from recspark.errors import ConfigError, LaunchError
+
+ROOT = Path(__file__).resolve().parents[1]
+HOME = Path("/opt/spark")
+SPEC = C.ClusterSpec(master_port=7101, master_webui_port=8101, worker_webui_port=8102)
+
+
+# ---------------------------------------------------------------- command builders (pure)
+
+
+def test_master_command_runs_the_master_class_in_the_foreground_on_the_given_ports() -> None:
+    assert C.master_command(HOME, SPEC) == [
+        "/opt/spark/bin/spark-class",
+        "org.apache.spark.deploy.master.Master",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "7101",
+        "--webui-port",
+        "8101",
+    ]
+    assert C.master_url(SPEC) == "spark://127.0.0.1:7101"
+    assert C.master_json_url(SPEC) == "http://127.0.0.1:8101/json"
+
+
+def test_worker_command_is_small_bound_to_localhost_and_points_at_the_master() -> None:
+    spec = C.ClusterSpec(
+        master_port=7101,
+        master_webui_port=8101,
+        worker_webui_port=8102,
+        worker_cores=1,
+        worker_memory="768m",
+    )
+    assert C.worker_command(HOME, spec, Path("/w")) == [
+        "/opt/spark/bin/spark-class",
+        "org.apache.spark.deploy.worker.Worker",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--webui-port",
+        "8102",
+        "--cores",
+        "1",
+        "--memory",
+        "768m",
+        "--work-dir",
+        "/w",
+        "spark://127.0.0.1:7101",
+    ]
+
+
+def test_cluster_spec_rejects_bad_ports_and_cores() -> None:
+    with pytest.raises(ValueError, match="ports"):
+        C.ClusterSpec(master_port=0)
+    with pytest.raises(ValueError, match="ports"):
+        C.ClusterSpec(worker_webui_port=70000)
+    with pytest.raises(ValueError, match="worker_cores"):
+        C.ClusterSpec(worker_cores=0)
+
+
+def test_submit_command_puts_options_before_the_script_and_stage_arguments_after() -> None:
+    cmd = C.submit_command(
+        HOME,
+        "spark://127.0.0.1:7101",
+        "jobs/ingest.py",
+        py_files=["dist/recspark-0.1.0-py3-none-any.whl"],
+        jars=["/j/delta-spark.jar", "/j/delta-storage.jar"],
+        conf={"spark.b": "2", "spark.a": "1"},
+        driver_memory="1g",
+        config="conf/local.yaml",
+        overrides=["warehouse=/tmp/wh", "spark.master=null"],
+    )
+    assert cmd == [
+        "/opt/spark/bin/spark-submit",
+        "--master",
+        "spark://127.0.0.1:7101",
+        "--driver-memory",
+        "1g",
+        "--conf",
+        "spark.a=1",
+        "--conf",
+        "spark.b=2",
+        "--jars",
+        "/j/delta-spark.jar,/j/delta-storage.jar",
+        "--py-files",
+        "dist/recspark-0.1.0-py3-none-any.whl",
+        "jobs/ingest.py",
+        "--config",
+        "conf/local.yaml",
+        "--set",
+        "warehouse=/tmp/wh",
+        "--set",
+        "spark.master=null",
+    ]
+
+
+def test_submit_command_without_extras_is_minimal_and_rejects_a_bad_override() -> None:
+    assert C.submit_command(HOME, "yarn", "jobs/embed.py") == [
+        "/opt/spark/bin/spark-submit",
+        "--master",
+        "yarn",
+        "jobs/embed.py",
+    ]
+    with pytest.raises(ConfigError, match=r"dotted\.key=value.*'warehouse'"):
+        C.submit_command(HOME, "yarn", "jobs/embed.py", overrides=["warehouse"])
+
+
+def test_plan_submissions_runs_the_stages_in_order_with_the_wheel_and_the_venv_python() -> None:
+    python = "/repo/.venv/bin/python"
+    plan = C.plan_submissions(
+        ["generate", "ingest", "embed"],
+        home=HOME,
+        master="spark://127.0.0.1:7101",
+        jobs_dir="/repo/jobs",
+        wheel="/repo/dist/recspark-0.1.0-py3-none-any.whl",
+        python=python,
+        spec=SPEC,
+        config="conf/local.yaml",
+        overrides=["run_id=r1"],
+        extra_conf={"spark.executor.memory": "2g"},
+    )
+    assert [p.stage for p in plan] == ["generate", "ingest", "embed"]
+    for p in plan:
+        cmd = p.command
+        script = cmd.index(f"/repo/jobs/{p.stage}.py")
+        assert cmd[:3] == ["/opt/spark/bin/spark-submit", "--master", "spark://127.0.0.1:7101"]
+        assert cmd[cmd.index("--py-files") + 1] == "/repo/dist/recspark-0.1.0-py3-none-any.whl"
+        assert cmd.index("--py-files") < script
+        assert cmd[script + 1 :] == ["--config", "conf/local.yaml", "--set", "run_id=r1"]
+        confs = [cmd[i + 1] for i, a in enumerate(cmd[:script]) if a == "--conf"]
+        assert f"spark.pyspark.python={python}" in confs
+        assert f"spark.pyspark.driver.python={python}" in confs
+        assert "spark.driver.host=127.0.0.1" in confs
+        # extra_conf wins over the defaults, once.
+        assert [c for c in confs if c.startswith("spark.executor.memory=")] == [
+            "spark.executor.memory=2g"
+        ]
+
+
+def test_plan_submissions_rejects_unknown_or_no_stages() -> None:
+    kwargs = dict(home=HOME, master="yarn", jobs_dir="jobs", wheel="w.whl", python="python")
+    with pytest.raises(ConfigError, match="unknown stage 'bogus'"):
+        C.plan_submissions(["ingest", "bogus"], **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="no stages"):
+        C.plan_submissions([], **kwargs)  # type: ignore[arg-type]
+
+
+def test_environments_bind_to_localhost_and_point_pyspark_at_the_venv() -> None:
+    base = {"PATH": "/usr/bin", "PYSPARK_PYTHON": "/usr/bin/python3"}
+    env = C.submit_env(HOME, "/repo/.venv/bin/python", base=base)
+    assert env["PYSPARK_PYTHON"] == env["PYSPARK_DRIVER_PYTHON"] == "/repo/.venv/bin/python"
+    assert (env["SPARK_HOME"], env["SPARK_LOCAL_IP"], env["PATH"]) == (
+        "/opt/spark",
+        "127.0.0.1",
+        "/usr/bin",
+    )
+    assert base["PYSPARK_PYTHON"] == "/usr/bin/python3"  # the caller's mapping is not changed
+    denv = C.daemon_env(HOME, SPEC, Path("/logs"), base=base)
+    assert (denv["SPARK_LOCAL_IP"], denv["SPARK_DAEMON_MEMORY"], denv["SPARK_LOG_DIR"]) == (
+        "127.0.0.1",
+        "512m",
+        "/logs",
+    )
+
+
+def test_spark_home_is_the_pyspark_package_with_its_launchers() -> None:
+    home = C.spark_home()
+    assert (home / "bin" / "spark-submit").is_file()
+    assert (home / "bin" / "spark-class").is_file()
+    assert (home / "jars").is_dir()
+
+
+def test_wheel_command_builds_without_dependencies_or_network() -> None:
+    assert C.wheel_command("/v/bin/python", "/src", "/out") == [
+        "/v/bin/python",
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--quiet",
+        "-w",
+        "/out",
+        "/src",
+    ]
+
+
+def test_count_alive_workers_reads_the_master_json() -> None:
+    status = {
+        "url": "spark://127.0.0.1:7101",
+        "workers": [
+            {"id": "w1", "state": "ALIVE", "cores": 2},
+            {"id": "w2", "state": "DEAD", "cores": 2},
+            {"id": "w3", "state": "ALIVE", "cores": 1},
+        ],
+    }
+    assert C.count_alive_workers(status) == 2
+    assert C.count_alive_workers({"workers": []}) == 0
+    assert C.count_alive_workers({}) == 0
+
+
+def test_parse_summaries_keeps_only_stage_json_lines() -> None:
+    out = "\n".join(
+        [
+            "[recspark] ingest: started (run r1)",
+            '{"stage": "ingest", "run_id": "r1", "seconds": 1.5}',
+            '{"not": "a summary"}',
+            "{broken json",
+            '  {"stage": "embed", "items": 3}  ',
+        ]
+    )
+    assert C.parse_summaries(out) == [
+        {"stage": "ingest", "run_id": "r1", "seconds": 1.5},
+        {"stage": "embed", "items": 3},
+    ]
+
+
+def test_launch_failure_names_command_exit_code_first_error_and_tail(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    log.write_text(
+        "".join(f"line {i}\n" for i in range(100))
+        + "java.lang.ClassNotFoundException: io.delta.X\n"
+        + "last\n"
+    )
+    err = C.launch_failure("spark-submit of stage ingest", ["spark-submit", "a b"], 3, [log])
+    text = str(err)
+    assert text.startswith("spark-submit of stage ingest failed (exit code 3): spark-submit 'a b'")
+    assert "first error in" in text and "ClassNotFoundException: io.delta.X" in text
+    assert text.rstrip().endswith("last") and "line 99" in text and "line 10\n" not in text
+    missing = C.launch_failure("x", ["y"], None, [tmp_path / "missing.log"])
+    assert "(timed out)" in str(missing) and "(empty)" in str(missing)
+
+
+# ---------------------------------------------------------------- running: failures, cleanup
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+def test_run_logged_reports_exit_code_and_both_logs(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; print('python says: bad key'); print('jvm: boom', file=sys.stderr); "
+        "sys.exit(3)",
+    ]
+    with pytest.raises(LaunchError) as info:
+        C.run_logged("stage x", cmd, env=os.environ, log=tmp_path / "x.log", out=tmp_path / "x.out")
+    text = str(info.value)
+    assert "(exit code 3)" in text and "python says: bad key" in text and "jvm: boom" in text
+    ok = C.run_logged(
+        "ok",
+        [sys.executable, "-c", "print('hello')"],
+        env=os.environ,
+        log=tmp_path / "ok.log",
+        out=tmp_path / "ok.out",
+    )
+    assert ok == "hello\n"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); read its state.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids: list[int], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(_alive(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_run_logged_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    script = _script(tmp_path / "slow.sh", f"sleep 300 & echo $! > {pidfile}\nwait\n")
+    with pytest.raises(LaunchError, match=r"\(timed out\)"):
+        C.run_logged(
+            "slow",
+            [str(script)],
+            env=os.environ,
+            log=tmp_path / "s.log",
+            out=tmp_path / "s.out",
+            timeout=1.0,
+        )
+    assert _wait_gone([int(pidfile.read_text())])
+
+
+def _fake_home(tmp_path: Path, body: str) -> Path:
+    home = tmp_path / "spark"
+    (home / "bin").mkdir(parents=True)
+    _script(home / "bin" / "spark-class", body)
+    return home
+
+
+def test_cluster_start_failure_reports_the_daemon_log(tmp_path: Path) -> None:
+    home = _fake_home(tmp_path, 'echo "Address already in use: $1"\nexit 1\n')
+    with (
+        pytest.raises(LaunchError, match=r"spark master failed \(exit code 1\)") as info,
+        C.standalone_cluster(tmp_path / "c", SPEC, home=home, start_timeout=30, poll=0.1),
+    ):
+        pytest.fail("the cluster must not start")
+    assert "Address already in use: org.apache.spark.deploy.master.Master" in str(info.value)
+
+
+def test_cluster_without_a_spark_install_says_it_cannot_start(tmp_path: Path) -> None:
+    with (
+        pytest.raises(LaunchError, match=r"cannot start .*/bin/spark-class .*Master"),
+        C.standalone_cluster(tmp_path / "c", SPEC, home=tmp_path / "nowhere", start_timeout=5),
+    ):
+        pytest.fail("the cluster must not start")
+
+
+def test_cluster_that_never_registers_times_out_and_both_daemons_are_stopped(
+    tmp_path: Path,
+) -> None:
+    pids = tmp_path / "pids"
+    home = _fake_home(tmp_path, f"echo $$ >> {pids}\nexec sleep 300\n")
+    spec = C.free_spec()
+    with (
+        pytest.raises(LaunchError, match=r"not ALIVE .* after 1s\) failed \(timed out\)"),
+        C.standalone_cluster(tmp_path / "c", spec, home=home, start_timeout=1, poll=0.1),
+    ):
+        pytest.fail("the cluster must not start")
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 2
+    assert _wait_gone(started)
+
+
+# ---------------------------------------------------------------- end to end (slow)
+
+# The stages submitted, in order, as separate applications. The whole pipeline is
+# ["generate", *recspark.cli.PIPELINE] once embed, train and recommend run in a few minutes here
+# (add their --set overrides to _overrides and their table checks below).
+SUBMITTED = ("generate", "ingest")
+
+
+def _venv_python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def _overrides(tmp: Path) -> list[str]:
+    gen, wh = tmp / "gen", tmp / "warehouse"
+    return [
+        # Absolute paths: executors work in the worker's folder, not here.
+        f"generate.output={gen}",
+        "generate.events=2000",
+        "generate.users=50",
+        "generate.items=40",
+        "generate.bot_users=0",
+        "generate.files=2",
+        f"input.events={gen}/events",
+        f"input.items={gen}/items",
+        f"warehouse={wh}",
+        "run_id=cluster-test",
+        # The master comes from spark-submit; the driver JVM is already up when the config is
+        # read, so the Delta jars come with --jars and the driver memory with --driver-memory.
+        "spark.master=null",
+        "spark.driver_memory=null",
+        "spark.configure_delta_jars=false",
+        "spark.shuffle_partitions=2",
+    ]
+
+
+def _delta_rows(table: Path) -> int:
+    """Rows of a small Delta table, from its log: the live files' ``numRecords`` statistics.
+
+    (No second local Spark next to the cluster: the log of a fresh table is a few JSON commits.)
+    """
+    log = table / "_delta_log"
+    commits = sorted(log.glob("*.json"))
+    assert commits and commits[0].name == f"{0:020d}.json", f"{table} is not a Delta table"
+    assert not list(log.glob("*.checkpoint*.parquet")), f"{table}: read it with Spark instead"
+    live: dict[str, int] = {}
+    for commit in commits:
+        for line in commit.read_text().splitlines():
+            action = json.loads(line)
+            if "add" in action:
+                stats = json.loads(action["add"]["stats"])
+                live[action["add"]["path"]] = int(stats["numRecords"])
+            elif "remove" in action:
+                live.pop(action["remove"]["path"], None)
+    return sum(live.values())
+
+
+def test_delta_rows_replays_adds_and_removes(tmp_path: Path) -> None:
+    log = tmp_path / "t" / "_delta_log"
+    log.mkdir(parents=True)
+
+    def add(path: str, n: int) -> str:
+        return json.dumps({"add": {"path": path, "stats": json.dumps({"numRecords": n})}})
+
+    (log / f"{0:020d}.json").write_text(
+        json.dumps({"metaData": {}}) + "\n" + add("a", 3) + "\n" + add("b", 4) + "\n"
+    )
+    (log / f"{1:020d}.json").write_text(
+        json.dumps({"remove": {"path": "a"}}) + "\n" + add("c", 10) + "\n"
+    )
+    assert _delta_rows(tmp_path / "t") == 14
+
+
+@pytest.mark.slow
+def test_wheel_submitted_to_a_standalone_cluster_ingests_what_the_generator_wrote(
+    tmp_path: Path,
+) -> None:
+    from recspark.jars import ensure_delta_jars
+
+    python = _venv_python()
+    wheel = C.build_wheel(ROOT, tmp_path / "dist", python=python)
+    assert wheel.name.startswith("recspark-") and wheel.suffix == ".whl"
+    assert not (tmp_path / "dist" / "_src").exists()
+
+    spec = C.free_spec(worker_cores=2, worker_memory="1g", executor_memory="1g")
+    with C.standalone_cluster(tmp_path / "cluster", spec, start_timeout=180) as cluster:
+        assert cluster.master == f"spark://127.0.0.1:{spec.master_port}"
+        summaries = C.submit_stages(
+            cluster,
+            SUBMITTED,
+            wheel=wheel,
+            jobs_dir=ROOT / "jobs",
+            log_dir=tmp_path / "logs",
+            python=python,
+            jars=ensure_delta_jars(),
+            config=ROOT / "conf" / "local.yaml",
+            overrides=_overrides(tmp_path),
+            cwd=tmp_path,
+            timeout=600,
+        )
+        status_url = cluster.status_url
+        work_dir = cluster.work_dir
+    # The cluster is gone once the block ends.
+    assert C.master_status(status_url) is None
+
+    by_stage = {s["stage"]: s for s in summaries}
+    assert list(by_stage) == list(SUBMITTED)
+    # Each stage ran as its own application on the worker, which fetched the shipped wheel.
+    apps = sorted(work_dir.glob("app-*"))
+    assert len(apps) == len(SUBMITTED)
+    assert all(list(app.glob("*/recspark-*.whl")) for app in apps)
+
+    manifest = json.loads((tmp_path / "gen" / "manifest.json").read_text())
+    expected = manifest["expected_ingest"]
+    assert expected["quarantined"] > 0 and expected["duplicates"] > 0
+    events = by_stage["ingest"]["events"]
+    for key in ("read", "accepted", "quarantined", "duplicates", "quarantined_by_reason"):
+        assert events[key] == expected[key], key
+
+    wh = str(tmp_path / "warehouse")
+    assert _delta_rows(Path(T.table_path(wh, T.SILVER_EVENTS))) == expected["accepted"]
+    assert _delta_rows(Path(T.table_path(wh, T.SILVER_QUARANTINE))) == expected["quarantined"]
+    assert _delta_rows(Path(T.table_path(wh, T.SILVER_ITEMS))) == manifest["items"]
