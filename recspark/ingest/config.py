@@ -35,12 +35,8 @@ class IngestConfig:
     # Interaction weight decay: each event counts 2^(-age / half_life), age measured from the
     # newest event in silver/events. Null: no decay.
     decay_half_life_days: float | None = None
-    # Output files per event_date partition written by a run; raise it for large daily volumes.
-    files_per_partition: int = 1
 
     def __post_init__(self) -> None:
-        if self.files_per_partition < 1:
-            raise ValueError(f"files_per_partition must be >= 1, found {self.files_per_partition}")
         unknown = sorted(
             set(self.event_weights) - {"view", "click", "add_to_cart", "purchase", "rating"}
         )

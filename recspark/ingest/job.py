@@ -118,9 +118,6 @@ def _ingest_events(
         events = X.to_silver_events(
             X.sessionize(accepted, gap_minutes=ic.session_gap_minutes), run_id=run_id
         )
-        # N files per event_date, the dates spread over all tasks (never one task for all).
-        salt = F.pmod(F.xxhash64(S.EVENT_KEY), F.lit(ic.files_per_partition))
-        events = events.repartition(S.EVENT_DATE, salt)
         inserted = T.merge_new(
             spark,
             events,

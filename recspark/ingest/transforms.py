@@ -186,12 +186,14 @@ def event_key(
     event_type: str = S.EVENT_TYPE,
     event_ts: str = S.EVENT_TS,
 ) -> Column:
-    """The dedup key: ``id:<event_id>``, else a hash of (user, item, type, time in µs)."""
+    """The dedup key: ``id:`` + a hash of (user, event_id), else ``h:`` + a hash of (user,
+    item, type, time in µs). An event id identifies one event of one user."""
     micros = F.unix_micros(F.col(event_ts)).cast("string")
+    by_id = F.sha2(F.concat_ws("\u0001", F.col(user_id), F.col(event_id)), 256)
     hashed = F.sha2(
         F.concat_ws("\u0001", F.col(user_id), F.col(item_id), F.col(event_type), micros), 256
     )
-    return F.when(F.col(event_id).isNotNull(), F.concat(F.lit("id:"), F.col(event_id))).otherwise(
+    return F.when(F.col(event_id).isNotNull(), F.concat(F.lit("id:"), by_id)).otherwise(
         F.concat(F.lit("h:"), hashed)
     )
 
@@ -209,7 +211,8 @@ def mark_duplicates(validated: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
     """
     valid = F.col(S.REASON).isNull()
     keyed = validated.withColumn(S.EVENT_KEY, F.when(valid, event_key()))
-    order = Window.partitionBy(S.EVENT_KEY).orderBy(
+    # Partitioned by user too: the same shuffle then serves bots and sessions.
+    order = Window.partitionBy(S.USER_ID, S.EVENT_KEY).orderBy(
         F.col(S.EVENT_TS).asc(), F.col(S.SOURCE_FILE).asc(), F.col(raw_col).asc()
     )
     first = F.row_number().over(order) == 1
@@ -229,23 +232,23 @@ def flag_bots(df: DataFrame, *, events_per_hour: int, min_busy_hours: int) -> Da
     Args:
         df: output of :func:`mark_duplicates`.
     """
-    hour = F.date_trunc("hour", F.col(S.EVENT_TS))
-    per_hour = (
-        df.where(_accepted_so_far())
-        .groupBy(S.USER_ID, hour.alias("_hour"))
-        .agg(F.count(F.lit(1)).alias("_n"))
-        .where(F.col("_n") >= events_per_hour)
-        .groupBy(S.USER_ID)
-        .agg(F.count(F.lit(1)).alias("_busy_hours"), F.max("_n").alias("_peak"))
-        .where(F.col("_busy_hours") >= min_busy_hours)
-        .select(F.col(S.USER_ID).alias("_bot_user"), "_busy_hours", "_peak")
+    # Windows over the user (no join, no extra shuffle after mark_duplicates' partitioning).
+    accepted = _accepted_so_far()
+    hour = F.when(accepted, F.date_trunc("hour", F.col(S.EVENT_TS)))
+    per_hour = F.count(hour).over(Window.partitionBy(S.USER_ID, hour))
+    busy_hour = F.when(accepted & (F.col("_n") >= events_per_hour), F.col("_hour"))
+    by_user = Window.partitionBy(S.USER_ID)
+    flagged = (
+        df.withColumn("_hour", hour)
+        .withColumn("_n", per_hour)
+        .withColumn("_busy_hours", F.size(F.collect_set(busy_hour).over(by_user)))
+        .withColumn("_peak", F.max(F.when(accepted, F.col("_n"))).over(by_user))
     )
-    joined = df.join(F.broadcast(per_hour), df[S.USER_ID] == per_hour["_bot_user"], "left")
-    is_bot = _accepted_so_far() & F.col("_bot_user").isNotNull()
+    is_bot = accepted & (F.col("_busy_hours") >= min_busy_hours)
     detail = F.format_string(
         "%d busy hours, peak %d events/hour", F.col("_busy_hours"), F.col("_peak")
     )
-    return joined.select(
+    return flagged.select(
         *[c for c in df.columns if c not in (S.REASON, S.DETAIL)],
         F.when(is_bot, F.lit(BOT)).otherwise(F.col(S.REASON)).alias(S.REASON),
         F.when(is_bot, detail).otherwise(F.col(S.DETAIL)).alias(S.DETAIL),
@@ -396,7 +399,9 @@ def classify_events(
     """
     parsed = parse_json_records(raw, S.RAW_EVENT_SCHEMA)
     validated = validate_events(parsed, event_types=event_types, min_ts=min_ts, max_ts=max_ts)
-    marked = mark_duplicates(validated)
+    # One shuffle by user serves dedup, bots and sessions: their windows all partition by
+    # the user (and more), which a hash partitioning on the user already satisfies.
+    marked = mark_duplicates(validated.repartition(S.USER_ID))
     if bot_events_per_hour is not None:
         marked = flag_bots(
             marked, events_per_hour=bot_events_per_hour, min_busy_hours=bot_min_busy_hours
