@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -69,6 +70,12 @@ def configure(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.B
         jars = ensure_delta_jars(cache)
     if cfg.master:
         builder = builder.master(cfg.master)
-    for key, value in spark_settings(cfg, jars, python=sys.executable).items():
+    settings = spark_settings(cfg, jars, python=sys.executable)
+    if "spark.pyspark.python" in settings:
+        # PySpark reads the workers' interpreter from the environment, not from the conf,
+        # when the driver is a Python process: without this, local workers run `python3` from
+        # PATH, which lacks recspark's dependencies.
+        os.environ.setdefault("PYSPARK_PYTHON", settings["spark.pyspark.python"])
+    for key, value in settings.items():
         builder = builder.config(key, value)
     return builder
