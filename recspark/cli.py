@@ -56,9 +56,12 @@ def build_session(cfg: Config) -> SparkSession:
 
 
 def run_stages(
-    names: Sequence[str], cfg: Config, spark: SparkSession | None = None
+    names: Sequence[str], cfg: Config, spark: SparkSession | None = None, report: bool = False
 ) -> list[dict[str, Any]]:
-    """Run stages in order on one session and print each stage's summary as a JSON line."""
+    """Run stages in order on one session and print each stage's summary as a JSON line.
+
+    With ``report``, write the run's HTML report under the warehouse and print its path.
+    """
     cfg = with_run_id(cfg)
     own = spark is None
     session = build_session(cfg) if spark is None else spark
@@ -73,6 +76,11 @@ def run_stages(
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             summaries.append(summary)
             print(json.dumps(summary, default=str, sort_keys=True), flush=True)
+        if report:
+            from recspark.report import write_run_report
+
+            path = write_run_report(session, cfg, summaries)
+            print(f"[recspark] report: {path}", file=sys.stderr, flush=True)
     finally:
         if own:
             session.stop()
@@ -111,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(prepare(args.name, args.out), sort_keys=True))
             return 0
         names = PIPELINE if args.command == "run" else (args.command,)
-        run_stages(names, cfg)
+        run_stages(names, cfg, report=args.command == "run")
     except RecsparkError as e:
         print(f"recspark: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -50,6 +50,39 @@ def _blank(c: Column) -> Column:
     return c.isNull() | (F.trim(c) == "")
 
 
+def first_failure(checks: Sequence[tuple[Column, str, Column]]) -> Column:
+    """A struct ``(reason, detail)`` of the first check whose condition holds, else null.
+
+    One CASE expression for both fields, so every condition is evaluated once per row.
+    """
+    out: Column = F.lit(None).cast("struct<reason:string,detail:string>")
+    for cond, code, why in reversed(checks):
+        hit = F.struct(F.lit(code).alias(S.REASON), why.cast("string").alias(S.DETAIL))
+        out = F.when(cond, hit).otherwise(out)
+    return out
+
+
+def record_checks(
+    *, raw_col: str, required: Sequence[str], scalars: Sequence[str]
+) -> list[tuple[Column, str, Column]]:
+    """The checks every JSON record gets, in order: (condition, reason, detail).
+
+    Empty record, malformed JSON (not an object), a blank required field, and an object or
+    array where a scalar belongs.
+    """
+    checks: list[tuple[Column, str, Column]] = [
+        (_blank(F.col(raw_col)), EMPTY_RECORD, F.lit(None)),
+        (F.col(CORRUPT).isNotNull(), MALFORMED_JSON, F.lit(None)),
+    ]
+    for field in required:
+        checks.append((_blank(F.col(field)), MISSING_FIELD, F.lit(field)))
+    for field in scalars:
+        text = F.ltrim(F.col(field))
+        nested = text.startswith("{") | text.startswith("[")
+        checks.append((F.coalesce(nested, F.lit(False)), BAD_TYPE, F.lit(field)))
+    return checks
+
+
 def parse_json_records(
     raw: DataFrame,
     record_schema: StructType,
@@ -122,28 +155,21 @@ def validate_events(
         ``session_id`` (blank -> null), plus ``reason`` and ``detail`` (null when valid). The
         first failing check wins.
     """
-    ts = parse_timestamp(F.col(S.EVENT_TS))
+    # Parsed once into columns; the checks below refer to the columns, not the expressions.
     value_text = F.trim(F.col(S.VALUE))
-    value = F.when(value_text.rlike(_NUMBER), value_text.try_cast("double"))
-    etype = F.lower(F.trim(F.col(S.EVENT_TYPE)))
+    parsed = parsed.select(
+        "*",
+        parse_timestamp(F.col(S.EVENT_TS)).alias("_ts"),
+        F.when(value_text.rlike(_NUMBER), value_text.try_cast("double")).alias("_value"),
+        F.lower(F.trim(F.col(S.EVENT_TYPE))).alias("_etype"),
+    )
+    ts, value, etype = F.col("_ts"), F.col("_value"), F.col("_etype")
 
-    checks: list[tuple[Column, str, Column]] = [
-        (_blank(F.col(raw_col)), EMPTY_RECORD, F.lit(None)),
-        (F.col(CORRUPT).isNotNull(), MALFORMED_JSON, F.lit(None)),
-    ]
-    for field in S.REQUIRED_EVENT_FIELDS:
-        checks.append((_blank(F.col(field)), MISSING_FIELD, F.lit(field)))
-    for field in (
-        S.EVENT_ID,
-        S.USER_ID,
-        S.ITEM_ID,
-        S.EVENT_TYPE,
-        S.EVENT_TS,
-        S.VALUE,
-        S.SESSION_ID,
-    ):
-        nested = F.ltrim(F.col(field)).startswith("{") | F.ltrim(F.col(field)).startswith("[")
-        checks.append((F.coalesce(nested, F.lit(False)), BAD_TYPE, F.lit(field)))
+    checks = record_checks(
+        raw_col=raw_col,
+        required=S.REQUIRED_EVENT_FIELDS,
+        scalars=tuple(f.name for f in S.RAW_EVENT_SCHEMA.fields),
+    )
     checks += [
         (~etype.isin(list(event_types)), UNKNOWN_EVENT_TYPE, F.col(S.EVENT_TYPE)),
         (ts.isNull(), BAD_TIMESTAMP, F.col(S.EVENT_TS)),
@@ -154,18 +180,18 @@ def validate_events(
         ),
         (~_blank(F.col(S.VALUE)) & (value.isNull() | F.isnan(value)), BAD_VALUE, F.col(S.VALUE)),
     ]
-    reason: Column = F.lit(None).cast("string")
-    detail: Column = F.lit(None).cast("string")
-    for cond, code, why in reversed(checks):
-        reason = F.when(cond, F.lit(code)).otherwise(reason)
-        detail = F.when(cond, why.cast("string")).otherwise(detail)
+    parsed = parsed.withColumn("_check", first_failure(checks))
 
     def clean(name: str) -> Column:
         return F.when(~_blank(F.col(name)), F.trim(F.col(name)))
 
     return parsed.select(
         F.col(raw_col),
-        *[c for c in parsed.columns if c not in _EVENT_FIELDS and c not in (raw_col, CORRUPT)],
+        *[
+            c
+            for c in parsed.columns
+            if c not in _EVENT_FIELDS and c not in (raw_col, CORRUPT) and not c.startswith("_")
+        ],
         clean(S.EVENT_ID).alias(S.EVENT_ID),
         clean(S.USER_ID).alias(S.USER_ID),
         clean(S.ITEM_ID).alias(S.ITEM_ID),
@@ -173,8 +199,8 @@ def validate_events(
         ts.alias(S.EVENT_TS),
         value.alias(S.VALUE),
         clean(S.SESSION_ID).alias(S.SESSION_ID),
-        reason.alias(S.REASON),
-        detail.alias(S.DETAIL),
+        F.col(f"_check.{S.REASON}").alias(S.REASON),
+        F.col(f"_check.{S.DETAIL}").alias(S.DETAIL),
     )
 
 
@@ -458,30 +484,20 @@ def classify_items(raw: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
     def clean(name: str) -> Column:
         return F.when(~_blank(F.col(name)), F.trim(F.col(name)))
 
-    checks: list[tuple[Column, str, Column]] = [
-        (_blank(F.col(raw_col)), EMPTY_RECORD, F.lit(None)),
-        (F.col(CORRUPT).isNotNull(), MALFORMED_JSON, F.lit(None)),
-    ]
-    for field in S.REQUIRED_ITEM_FIELDS:
-        checks.append((_blank(F.col(field)), MISSING_FIELD, F.lit(field)))
-    for field in (S.ITEM_ID, S.TITLE, S.DESCRIPTION, S.CATEGORY):
-        nested = F.ltrim(F.col(field)).startswith("{") | F.ltrim(F.col(field)).startswith("[")
-        checks.append((F.coalesce(nested, F.lit(False)), BAD_TYPE, F.lit(field)))
-    reason: Column = F.lit(None).cast("string")
-    detail: Column = F.lit(None).cast("string")
-    for cond, code, why in reversed(checks):
-        reason = F.when(cond, F.lit(code)).otherwise(reason)
-        detail = F.when(cond, why.cast("string")).otherwise(detail)
-
-    base = parsed.select(
+    checks = record_checks(
+        raw_col=raw_col,
+        required=S.REQUIRED_ITEM_FIELDS,
+        scalars=(S.ITEM_ID, S.TITLE, S.DESCRIPTION, S.CATEGORY),
+    )
+    base = parsed.withColumn("_check", first_failure(checks)).select(
         raw_col,
         S.SOURCE_FILE,
         clean(S.ITEM_ID).alias(S.ITEM_ID),
         clean(S.TITLE).alias(S.TITLE),
         clean(S.DESCRIPTION).alias(S.DESCRIPTION),
         clean(S.CATEGORY).alias(S.CATEGORY),
-        reason.alias(S.REASON),
-        detail.alias(S.DETAIL),
+        F.col(f"_check.{S.REASON}").alias(S.REASON),
+        F.col(f"_check.{S.DETAIL}").alias(S.DETAIL),
     )
     text = compose_item_text()
     base = base.withColumn(S.TEXT, text).withColumn(S.TEXT_HASH, F.sha2(text, 256))
