@@ -72,7 +72,9 @@ def test_select_topk_k_larger_than_items_and_nan() -> None:
 def test_exact_topk_equals_brute_force_with_exclusions(k: int) -> None:
     rng = np.random.default_rng(7)
     users, items = _int_vectors(rng, 23, 4), _int_vectors(rng, 37, 4)
-    seen = [set(rng.choice(37, size=rng.integers(0, 36), replace=False).tolist()) for _ in range(23)]
+    seen = [
+        set(rng.choice(37, size=rng.integers(0, 36), replace=False).tolist()) for _ in range(23)
+    ]
     seen[0] = set(range(37))  # a user who saw everything gets nothing
     rows, cols = exclusion_pairs([np.array(sorted(s)) for s in seen])
     vals, idx = topk_scores(
@@ -88,14 +90,29 @@ def test_exact_topk_equals_brute_force_with_exclusions(k: int) -> None:
 @pytest.mark.parametrize(("ub", "ib"), [(1, 1), (4, 5), (7, 36), (100, 100)])
 def test_blockwise_merge_equals_one_block(ub: int, ib: int) -> None:
     rng = np.random.default_rng(11)
-    users, items = torch.from_numpy(_int_vectors(rng, 19, 3)), torch.from_numpy(
-        _int_vectors(rng, 41, 3)
+    users, items = (
+        torch.from_numpy(_int_vectors(rng, 19, 3)),
+        torch.from_numpy(_int_vectors(rng, 41, 3)),
     )
     rows, cols = exclusion_pairs([rng.choice(41, size=5, replace=False) for _ in range(19)])
-    one = topk_scores(users, items, 6, exclude_rows=rows, exclude_items=cols,
-                      user_block_size=1000, item_block_size=1000)
-    blocked = topk_scores(users, items, 6, exclude_rows=rows, exclude_items=cols,
-                          user_block_size=ub, item_block_size=ib)
+    one = topk_scores(
+        users,
+        items,
+        6,
+        exclude_rows=rows,
+        exclude_items=cols,
+        user_block_size=1000,
+        item_block_size=1000,
+    )
+    blocked = topk_scores(
+        users,
+        items,
+        6,
+        exclude_rows=rows,
+        exclude_items=cols,
+        user_block_size=ub,
+        item_block_size=ib,
+    )
     assert torch.equal(one[1], blocked[1])
     assert torch.equal(one[0], blocked[0])
 
@@ -120,9 +137,11 @@ def test_candidates_mask() -> None:
     assert not bool(torch.isfinite(vals[0, 2]))
 
 
-def test_dimension_mismatch_is_a_clear_error() -> None:
+def test_dimension_mismatch_and_nan_are_clear_errors() -> None:
     with pytest.raises(ValueError, match="3 dims but item vectors have 2"):
         topk_scores(torch.zeros(2, 3), torch.zeros(4, 2), 1)
+    with pytest.raises(ValueError, match="finite"):
+        topk_scores(torch.full((2, 2), float("nan")), torch.zeros(4, 2), 1)
 
 
 def test_reserve_slots_brings_in_best_cold_items() -> None:

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+MODELS: tuple[str, ...] = ("recspark", "popularity", "als")
+
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Holdout split, cut-offs and baselines."""
+    """Holdout split, cut-offs, models and baselines."""
 
     holdout_fraction: float = 0.2  # the newest share of each user's interactions
+    # Interactions every user keeps for training (users with fewer are not evaluated).
+    min_train: int = 1
     ks: tuple[int, ...] = (10,)
+    # Which models to score: recspark (trained with recspark.train.api), popularity, als.
+    models: tuple[str, ...] = MODELS
     als_ranks: tuple[int, ...] = field(default_factory=lambda: (16, 32))
     als_reg: tuple[float, ...] = field(default_factory=lambda: (0.01, 0.1))
     als_max_iter: int = 10
+    als_alpha: float = 1.0
+    # Write report.md and metrics.png under <warehouse>/reports/<run_id>/.
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ValueError(f"holdout_fraction must be in (0, 1), found {self.holdout_fraction}")
+        if self.min_train < 1:
+            raise ValueError(f"min_train must be >= 1, found {self.min_train}")
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ValueError(f"ks must be a non-empty list of values >= 1, found {self.ks}")
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown or not self.models:
+            raise ValueError(f"models must be among {list(MODELS)}, found {list(self.models)}")
+        if not self.als_ranks or not self.als_reg:
+            raise ValueError("als_ranks and als_reg must not be empty")

@@ -1,14 +1,250 @@
-"""The evaluate stage's run function (not built yet)."""
+"""``recspark evaluate``: recspark against popularity and ALS on a chronological holdout.
+
+Reads ``silver/interactions`` and ``silver/items`` (plus ``silver/events`` and
+``gold/item_embeddings`` for the recspark model, trained with ``recspark.train.api.fit`` on
+the training split only); writes one row per (model, metric, k) of the run into
+``gold/metrics`` (upsert: rerunning a run id replaces its rows) and a report with a plot under
+``<warehouse>/reports/<run_id>/``.
+"""
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
+from recspark import tables
 from recspark.config import Config
 from recspark.errors import StageNotReadyError
+from recspark.evaluate.baselines import AlsParams, als_factors, als_grid, popularity_recs
+from recspark.evaluate.metrics import VALUE, ranking_metrics
+from recspark.evaluate.report import MetricRow, report_dir, write_report
+from recspark.evaluate.split import TEST, TRAIN, chronological_holdout, train_events
+from recspark.recommend.transforms import ItemIndex, ScoreParams, item_catalog, recommend
+from recspark.schema import (
+    IS_COLD,
+    ITEM_ID,
+    METRIC,
+    METRICS_SCHEMA,
+    MODEL,
+    RANK,
+    RUN_ID,
+    SPLIT,
+    TITLE,
+    USER_ID,
+    VECTOR,
+    K,
+)
+
+
+def _log(msg: str) -> None:
+    print(f"[recspark] evaluate: {msg}", file=sys.stderr, flush=True)
+
+
+def kernel_recs(
+    user_vectors: DataFrame,
+    item_vectors: DataFrame,
+    train: DataFrame,
+    items: DataFrame,
+    users: DataFrame,
+    params: ScoreParams,
+    model_version: str,
+    run_id: str,
+) -> DataFrame:
+    """Top-K lists for ``users`` from any dot-product model, with the recommend kernel."""
+    catalog = item_catalog(item_vectors, items, train)
+    pdf = (
+        catalog.where(F.col(VECTOR).isNotNull()).select(ITEM_ID, VECTOR, TITLE, IS_COLD).toPandas()
+    )
+    index = ItemIndex.from_pandas(pdf)
+    return recommend(
+        user_vectors,
+        train,
+        catalog,
+        index,
+        params,
+        model_version=model_version,
+        run_id=run_id,
+        generated_at=datetime.now(UTC),
+        users=users,
+    ).select(USER_ID, ITEM_ID, RANK)
+
+
+def _ndcg(recs: DataFrame, truth: DataFrame, catalog: DataFrame, k: int) -> float:
+    rows = ranking_metrics(recs, truth, catalog, k=k).where(F.col(METRIC) == "ndcg").collect()
+    return float(rows[0][VALUE]) if rows else 0.0
+
+
+def select_als(
+    train: DataFrame,
+    items: DataFrame,
+    catalog: DataFrame,
+    grid: list[AlsParams],
+    *,
+    fraction: float,
+    min_train: int,
+    k: int,
+    run_id: str,
+) -> tuple[AlsParams, dict[str, float]]:
+    """The grid point with the best NDCG@k on a chronological validation split of ``train``."""
+    if len(grid) == 1:
+        return grid[0], {}
+    split = chronological_holdout(train, fraction=fraction, min_train=min_train).cache()
+    try:
+        fit_part = split.where(F.col(SPLIT) == TRAIN).drop(SPLIT)
+        valid = split.where(F.col(SPLIT) == TEST).drop(SPLIT)
+        users = valid.select(USER_ID).distinct()
+        scores: dict[str, float] = {}
+        best: tuple[float, int] | None = None
+        for i, p in enumerate(grid):
+            uv, iv = als_factors(fit_part, p)
+            recs = kernel_recs(uv, iv, fit_part, items, users, ScoreParams(k=k), "als", run_id)
+            score = _ndcg(recs, valid, catalog, k)
+            scores[f"rank={p.rank},reg={p.reg}"] = score
+            _log(f"ALS rank={p.rank} reg={p.reg}: validation ndcg@{k}={score:.4f}")
+            if best is None or score > best[0]:
+                best = (score, i)
+        return grid[best[1] if best else 0], scores
+    finally:
+        split.unpersist()
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    raise StageNotReadyError("the evaluate stage is not built yet")
+    """Evaluate the configured models; write ``gold/metrics`` and the report."""
+    from recspark.cli import new_run_id
+
+    ec = cfg.evaluate
+    wh = cfg.warehouse
+    run_id = cfg.run_id or new_run_id()
+    kmax = max(ec.ks)
+    interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
+    items = tables.read(spark, wh, tables.SILVER_ITEMS)
+    api: Any = None
+    if "recspark" in ec.models:
+        try:
+            from recspark.train import api as train_api
+        except ImportError as e:
+            raise StageNotReadyError(
+                f"evaluate: model 'recspark' needs recspark.train.api ({e}); set "
+                "evaluate.models to the baselines only to run without it"
+            ) from e
+        api = train_api
+        events = tables.read(spark, wh, tables.SILVER_EVENTS)
+        embeddings = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
+
+    split = chronological_holdout(
+        interactions, fraction=ec.holdout_fraction, min_train=ec.min_train
+    ).cache()
+    rows: list[MetricRow] = []
+    versions: dict[str, str] = {}
+    notes: list[str] = []
+    try:
+        train = split.where(F.col(SPLIT) == TRAIN).drop(SPLIT).cache()
+        test = split.where(F.col(SPLIT) == TEST).drop(SPLIT).cache()
+        users = test.select(USER_ID).distinct().cache()
+        catalog = items.select(ITEM_ID).unionByName(interactions.select(ITEM_ID)).distinct()
+        cold = catalog.join(train.select(ITEM_ID).distinct(), ITEM_ID, "left_anti")
+        split_counts = {
+            r[SPLIT]: int(r["n"])
+            for r in split.groupBy(SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()
+        }
+        _log(f"split {split_counts}")
+        exclude = cfg.recommend.exclude_seen
+
+        for model in ec.models:
+            if model == "popularity":
+                recs = popularity_recs(train, users, k=kmax, exclude_seen=exclude)
+                versions[model] = "popularity"
+            elif model == "als":
+                grid = als_grid(ec.als_ranks, ec.als_reg, ec.als_max_iter, ec.als_alpha, cfg.seed)
+                best, _scores = select_als(
+                    train,
+                    items,
+                    catalog,
+                    grid,
+                    fraction=ec.holdout_fraction,
+                    min_train=ec.min_train,
+                    k=kmax,
+                    run_id=run_id,
+                )
+                uv, iv = als_factors(train, best)
+                versions[model] = f"als-rank{best.rank}-reg{best.reg}"
+                notes.append(f"ALS: rank={best.rank}, reg={best.reg} (best validation NDCG@{kmax})")
+                recs = kernel_recs(
+                    uv,
+                    iv,
+                    train,
+                    items,
+                    users,
+                    ScoreParams(k=kmax, exclude_seen=exclude),
+                    versions[model],
+                    run_id,
+                )
+            else:  # recspark
+                tev = train_events(events, split)
+                model_dir = tables.table_path(wh, f"models/evaluate/{run_id}")
+                result = api.fit(spark, cfg, tev, items, embeddings, model_dir)
+                iv = api.item_vectors(spark, result.model_dir, items, embeddings)
+                uv = api.user_vectors(spark, result.model_dir, tev, iv)
+                versions[model] = str(result.model_version)
+                rc = cfg.recommend
+                recs = kernel_recs(
+                    uv,
+                    iv,
+                    train,
+                    items,
+                    users,
+                    ScoreParams(
+                        k=kmax,
+                        exclude_seen=exclude,
+                        cold_item_slots=rc.cold_item_slots,
+                        user_block_size=rc.user_block_size,
+                        item_block_size=rc.item_block_size,
+                        torch_threads=rc.torch_threads,
+                        reasons=False,
+                    ),
+                    versions[model],
+                    run_id,
+                )
+            recs = recs.cache()
+            try:
+                for k in ec.ks:
+                    for r in ranking_metrics(recs, test, catalog, k=k, cold_items=cold).collect():
+                        rows.append(MetricRow(model, r[METRIC], int(r[K]), float(r[VALUE])))
+            finally:
+                recs.unpersist()
+            _log(
+                f"{model}: "
+                + ", ".join(f"{r.metric}@{r.k}={r.value:.4f}" for r in rows if r.model == model)
+            )
+    finally:
+        split.unpersist()
+
+    now = datetime.now(UTC)
+    out = spark.createDataFrame(
+        [(run_id, r.model, r.metric, r.k, r.value, versions.get(r.model), now) for r in rows],
+        METRICS_SCHEMA,
+    )
+    tables.merge_upsert(spark, out, wh, tables.GOLD_METRICS, keys=[RUN_ID, MODEL, METRIC, K])
+    paths: dict[str, str] = {}
+    where = report_dir(wh, run_id)
+    if ec.report and where is not None:
+        paths = write_report(
+            rows,
+            list(ec.models),
+            where,
+            title=f"recspark evaluation, run {run_id}",
+            notes=[f"split: {split_counts}", *notes],
+        )
+    summary: dict[str, Any] = {
+        "stage": "evaluate",
+        "run_id": run_id,
+        "split": split_counts,
+        "metrics": {f"{r.model}/{r.metric}@{r.k}": round(r.value, 5) for r in rows},
+        "model_versions": versions,
+        "report": paths.get("markdown"),
+    }
+    return summary

@@ -17,8 +17,8 @@ class RecommendConfig:
     cold_item_slots: int = 1
     # Users per matrix product inside a task, and items per block (partial top-Ks are merged):
     # a task holds one user_block_size x item_block_size float32 score matrix at a time.
-    user_block_size: int = 1024
-    item_block_size: int = 16384
+    user_block_size: int = 2048
+    item_block_size: int = 32768
     # torch threads per Spark task (Spark already runs one task per core).
     torch_threads: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"

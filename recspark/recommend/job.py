@@ -19,14 +19,13 @@ from recspark import tables
 from recspark.config import Config
 from recspark.errors import ModelError, SchemaError
 from recspark.recommend.config import RecommendConfig
+from recspark.recommend.kernel import pick_device
 from recspark.recommend.transforms import ItemIndex, ScoreParams, item_catalog, recommend
 from recspark.schema import IS_COLD, ITEM_ID, MODEL_VERSION, TITLE, USER_ID, VECTOR
 
 
 def score_params(rc: RecommendConfig) -> ScoreParams:
     """The kernel's parameters from the stage config (pure)."""
-    from recspark.recommend.kernel import pick_device
-
     return ScoreParams(
         k=rc.k,
         exclude_seen=rc.exclude_seen,
@@ -65,11 +64,15 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     user_vectors = tables.read(spark, wh, tables.GOLD_USER_VECTORS)
     interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
     items = tables.read(spark, wh, tables.SILVER_ITEMS)
-    for df, name in ((item_vectors, tables.GOLD_ITEM_VECTORS),
-                     (user_vectors, tables.GOLD_USER_VECTORS)):
+    for df, name in (
+        (item_vectors, tables.GOLD_ITEM_VECTORS),
+        (user_vectors, tables.GOLD_USER_VECTORS),
+    ):
         missing = [c for c in (VECTOR, MODEL_VERSION) if c not in df.columns]
         if missing:
-            raise SchemaError(f"{name}: expected columns {VECTOR}, {MODEL_VERSION}; missing {missing}")
+            raise SchemaError(
+                f"{name}: expected columns {VECTOR}, {MODEL_VERSION}; missing {missing}"
+            )
     model_version = choose_model_version(
         [r[0] for r in item_vectors.select(MODEL_VERSION).distinct().collect()],
         [r[0] for r in user_vectors.select(MODEL_VERSION).distinct().collect()],

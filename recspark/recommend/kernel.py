@@ -75,7 +75,7 @@ def _order_rows(vals: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 def select_topk(
-    scores: torch.Tensor, k: int, index_offset: int = 0
+    scores: torch.Tensor, k: int, index_offset: int = 0, check_nan: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact top-``k`` of each row of ``scores`` in (score desc, column asc) order.
 
@@ -84,6 +84,8 @@ def select_topk(
             as excluded.
         k: how many to keep (at most the number of columns are returned).
         index_offset: added to the returned column indices (the block's first item).
+        check_nan: treat NaN scores as excluded (one more pass over ``scores``; callers
+            whose vectors are known finite skip it).
 
     Returns:
         ``(values, indices)`` of shape ``(users, min(k, items))``; indices are int64 and global
@@ -94,7 +96,7 @@ def select_topk(
     if kk <= 0 or n_users == 0:
         empty = torch.empty((n_users, 0), dtype=scores.dtype, device=scores.device)
         return empty, torch.empty((n_users, 0), dtype=torch.int64, device=scores.device)
-    if bool(torch.isnan(scores).any()):
+    if check_nan and bool(torch.isnan(scores).any()):
         scores = torch.where(torch.isnan(scores), NEG_INF, scores)
     if kk == n_items:
         vals, idx = scores, torch.arange(n_items, device=scores.device).expand(n_users, -1)
@@ -193,6 +195,8 @@ def topk_scores(
             f"user vectors have {user_vecs.shape[1]} dims but item vectors have "
             f"{item_vecs.shape[1]}"
         )
+    if not (bool(torch.isfinite(user_vecs).all()) and bool(torch.isfinite(item_vecs).all())):
+        raise ValueError("user and item vectors must be finite (found NaN or infinity)")
     kk = min(k, n_items)
     device = user_vecs.device
     out_vals = torch.full((n_users, kk), NEG_INF, dtype=user_vecs.dtype, device=device)
@@ -220,7 +224,7 @@ def topk_scores(
                 r = torch.from_numpy(b_rows[sel]).to(device)
                 c = torch.from_numpy(b_items[sel] - i0).to(device)
                 scores[r, c] = NEG_INF
-            part = select_topk(scores, k, index_offset=i0)
+            part = select_topk(scores, k, index_offset=i0, check_nan=False)
             best = part if best is None else merge_topk([best, part], k)
         if best is not None:
             out_vals[u0:u1], out_idx[u0:u1] = best

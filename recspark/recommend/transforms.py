@@ -137,8 +137,8 @@ class ScoreParams:
     k: int = 10
     exclude_seen: bool = True
     cold_item_slots: int = 0
-    user_block_size: int = 1024
-    item_block_size: int = 16384
+    user_block_size: int = 2048
+    item_block_size: int = 32768
     torch_threads: int = 1
     reasons: bool = True
     device: str = "cpu"
@@ -254,10 +254,15 @@ def score_batches(
             for s in pdf[seen_col]
         ]
         rows, cols = exclusion_pairs(seen) if params.exclude_seen else (None, None)
-        blocks = {"user_block_size": params.user_block_size,
-                  "item_block_size": params.item_block_size}
+        ub, ib = params.user_block_size, params.item_block_size
         vals, idx = topk_scores(
-            users_t, items_t, params.k, exclude_rows=rows, exclude_items=cols, **blocks
+            users_t,
+            items_t,
+            params.k,
+            exclude_rows=rows,
+            exclude_items=cols,
+            user_block_size=ub,
+            item_block_size=ib,
         )
         if params.cold_item_slots > 0 and any_cold:
             cvals, cidx = topk_scores(
@@ -267,7 +272,8 @@ def score_batches(
                 exclude_rows=rows,
                 exclude_items=cols,
                 candidates=cold_t,
-                **blocks,
+                user_block_size=ub,
+                item_block_size=ib,
             )
             vals, idx = reserve_slots(vals, idx, cvals, cidx, cold_t, params.cold_item_slots)
         v, ix = vals.cpu().numpy(), idx.cpu().numpy()
@@ -278,8 +284,9 @@ def score_batches(
         if params.reasons:
             reasons: list[str] = []
             for r in range(len(user_ids)):
-                reasons.extend(_explain(ix[r][valid[r]], seen[r], unit, index.titles,
-                                        index.is_cold))
+                reasons.extend(
+                    _explain(ix[r][valid[r]], seen[r], unit, index.titles, index.is_cold)
+                )
         else:
             reasons = [""] * int(n_per_user.sum())
         yield pd.DataFrame(
@@ -291,6 +298,30 @@ def score_batches(
                 REASON: reasons,
             }
         )
+
+
+def score_users(users: DataFrame, index: ItemIndex, params: ScoreParams) -> DataFrame:
+    """Exact top-K for users with a vector: ``mapInPandas`` over the users' partitions.
+
+    The ``index`` is broadcast once per executor; each task scores its users in blocks.
+
+    Args:
+        users: needs ``user_id``, ``vector`` (array<float>) and ``seen`` (array<string> of
+            item ids, or null).
+        index: the scored items.
+        params: k, exclusion, cold slots, block sizes.
+
+    Returns:
+        ``user_id``, ``rank``, ``item_id``, ``score``, ``reason`` (``SCORED_SCHEMA``).
+    """
+    require_columns(users.columns, [USER_ID, VECTOR, SEEN], "users to score")
+    bc = users.sparkSession.sparkContext.broadcast(index)
+
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        return score_batches(batches, bc.value, params)
+
+    selected = users.select(USER_ID, VECTOR, SEEN)
+    return selected.mapInPandas(score, SCORED_SCHEMA)  # type: ignore[arg-type]
 
 
 def popular_fallback(
@@ -339,16 +370,14 @@ def popular_fallback(
         users.select(user_col)
         .distinct()
         .join(user_cat, user_col, "left")
-        .crossJoin(
-            catalog.select(item_col, F.col(category_col).alias("_item_cat"), POPULARITY)
-        )
+        .crossJoin(catalog.select(item_col, F.col(category_col).alias("_item_cat"), POPULARITY))
     )
     if exclude_seen:
-        cands = cands.join(interactions.select(user_col, item_col), [user_col, item_col], "left_anti")
+        cands = cands.join(
+            interactions.select(user_col, item_col), [user_col, item_col], "left_anti"
+        )
     in_cat = F.coalesce(F.col("_item_cat") == F.col("_user_cat"), F.lit(False))
-    order = Window.partitionBy(user_col).orderBy(
-        in_cat.desc(), F.desc(POPULARITY), F.asc(item_col)
-    )
+    order = Window.partitionBy(user_col).orderBy(in_cat.desc(), F.desc(POPULARITY), F.asc(item_col))
     return (
         cands.withColumn(RANK, F.row_number().over(order))
         .where(F.col(RANK) <= k)
@@ -400,9 +429,7 @@ def recommend(
     require_columns(user_vectors.columns, [user_col, vector_col], "user vectors")
     require_columns(interactions.columns, [user_col, item_col, WEIGHT], "interactions")
     if users is None:
-        users = (
-            interactions.select(user_col).unionByName(user_vectors.select(user_col)).distinct()
-        )
+        users = interactions.select(user_col).unionByName(user_vectors.select(user_col)).distinct()
     else:
         users = users.select(user_col).distinct()
     hist = interactions.groupBy(user_col).agg(F.collect_list(item_col).alias(SEEN))
@@ -416,12 +443,7 @@ def recommend(
             F.col(SEEN),
         )
     )
-    bc = user_vectors.sparkSession.sparkContext.broadcast(index)
-
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        return score_batches(batches, bc.value, params)
-
-    warm = warm_in.mapInPandas(score, SCORED_SCHEMA)  # type: ignore[arg-type]
+    warm = score_users(warm_in, index, params)
     cold_users = users.join(user_vectors.select(user_col), user_col, "left_anti")
     cold = popular_fallback(
         cold_users,

@@ -1,0 +1,129 @@
+"""Baselines scored on the same split as recspark: popularity and Spark ALS (implicit)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.ml.feature import IndexToString, StringIndexer, StringIndexerModel
+from pyspark.ml.recommendation import ALS
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recspark.schema import ITEM_ID, POPULARITY, RANK, SCORE, USER_ID, VECTOR, WEIGHT
+
+_UIDX = "_uidx"
+_IIDX = "_iidx"
+
+
+@dataclass(frozen=True)
+class AlsParams:
+    """One point of the ALS grid."""
+
+    rank: int
+    reg: float
+    max_iter: int = 10
+    alpha: float = 1.0
+    seed: int = 42
+
+
+def als_grid(
+    ranks: tuple[int, ...], regs: tuple[float, ...], max_iter: int, alpha: float, seed: int
+) -> list[AlsParams]:
+    """Every (rank, reg) pair, in config order (pure)."""
+    return [AlsParams(r, g, max_iter, alpha, seed) for r in ranks for g in regs]
+
+
+def popularity_recs(
+    train: DataFrame,
+    users: DataFrame,
+    *,
+    k: int,
+    exclude_seen: bool = True,
+    user_col: str = USER_ID,
+    item_col: str = ITEM_ID,
+) -> DataFrame:
+    """The ``k`` items with most training users, without the user's own (ties: item id asc).
+
+    Args:
+        train: needs ``user_id``, ``item_id`` (training interactions).
+        users: needs ``user_id`` (who to recommend for).
+        k: list length.
+        exclude_seen: leave out items the user interacted with in ``train``.
+
+    Returns:
+        ``user_id``, ``item_id``, ``rank``, ``score`` (number of training users).
+    """
+    pop = train.groupBy(item_col).agg(F.countDistinct(user_col).cast("double").alias(POPULARITY))
+    pop = pop.withColumn(
+        "_prank", F.row_number().over(Window.orderBy(F.desc(POPULARITY), F.asc(item_col)))
+    )
+    seen_n = train.groupBy(user_col).agg(F.count(F.lit(1)).alias("_n_seen"))
+    u = users.select(user_col).distinct().join(seen_n, user_col, "left")
+    limit = F.lit(k) + (F.coalesce(F.col("_n_seen"), F.lit(0)) if exclude_seen else F.lit(0))
+    cands = u.join(pop, F.col("_prank") <= limit)
+    if exclude_seen:
+        cands = cands.join(train.select(user_col, item_col), [user_col, item_col], "left_anti")
+    w = Window.partitionBy(user_col).orderBy(F.asc("_prank"))
+    return (
+        cands.withColumn(RANK, F.row_number().over(w))
+        .where(F.col(RANK) <= k)
+        .select(
+            user_col, item_col, F.col(RANK).cast("int").alias(RANK), F.col(POPULARITY).alias(SCORE)
+        )
+    )
+
+
+def als_factors(
+    train: DataFrame,
+    params: AlsParams,
+    *,
+    user_col: str = USER_ID,
+    item_col: str = ITEM_ID,
+    weight_col: str = WEIGHT,
+) -> tuple[DataFrame, DataFrame]:
+    """Fit implicit-feedback ALS and return its factors keyed by the original ids.
+
+    Args:
+        train: needs ``user_id``, ``item_id``, ``weight`` (confidence = 1 + alpha * weight).
+        params: rank, regularisation, iterations, alpha, seed.
+
+    Returns:
+        ``(user_vectors, item_vectors)``: ``user_id`` / ``item_id`` with ``vector``
+        (array<float>), ready for the recommend kernel (score = dot product).
+    """
+    users_ix = _indexer(train, user_col, _UIDX)
+    items_ix = _indexer(train, item_col, _IIDX)
+    data = items_ix.transform(users_ix.transform(train.select(user_col, item_col, weight_col)))
+    als = ALS(
+        rank=params.rank,
+        regParam=params.reg,
+        maxIter=params.max_iter,
+        alpha=params.alpha,
+        implicitPrefs=True,
+        userCol=_UIDX,
+        itemCol=_IIDX,
+        ratingCol=weight_col,
+        coldStartStrategy="drop",
+        seed=params.seed,
+    )
+    model = als.fit(
+        data.select(
+            F.col(_UIDX).cast("int").alias(_UIDX),
+            F.col(_IIDX).cast("int").alias(_IIDX),
+            F.col(weight_col).cast("float").alias(weight_col),
+        )
+    )
+    return _factors(model.userFactors, users_ix, user_col), _factors(
+        model.itemFactors, items_ix, item_col
+    )
+
+
+def _indexer(df: DataFrame, col: str, out: str) -> StringIndexerModel:
+    return StringIndexer(inputCol=col, outputCol=out, stringOrderType="alphabetAsc").fit(df)
+
+
+def _factors(factors: DataFrame, indexer: StringIndexerModel, col: str) -> DataFrame:
+    back = IndexToString(inputCol="_idx", outputCol=col, labels=indexer.labels)
+    return back.transform(
+        factors.select(F.col("id").cast("double").alias("_idx"), F.col("features").alias(VECTOR))
+    ).select(col, F.col(VECTOR).cast("array<float>").alias(VECTOR))

@@ -1,0 +1,152 @@
+"""Ranking metrics at K computed in Spark (definitions as ``pyspark.mllib.RankingMetrics``).
+
+For a user with relevant (held-out) set ``R`` and recommended list ``p`` (ranks 1..n):
+- precision@K = |p[:K] ∩ R| / K
+- recall@K = |p[:K] ∩ R| / |R|
+- ndcg@K = sum over hits at rank r <= K of 1/log2(r+1), divided by
+  sum_{i=1..min(|R|, K)} 1/log2(i+1)
+- map@K = sum over hits at rank r <= K of (hits up to r) / r, divided by min(|R|, K)
+- hit_rate@K = 1 when any of p[:K] is in R
+Each is averaged over every user with a non-empty ``R`` (users without recommendations score
+0). Over the whole run: coverage@K = distinct recommended items / catalog items, and, when the
+cold items are given, cold_share@K (share of recommended rows that are cold items) and
+cold_items@K (how many distinct cold items were recommended).
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recspark.schema import ITEM_ID, METRIC, RANK, USER_ID, K, require_columns
+
+PER_USER_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "map", "hit_rate")
+VALUE = "value"
+
+
+def per_user_metrics(
+    recs: DataFrame,
+    truth: DataFrame,
+    *,
+    k: int,
+    user_col: str = USER_ID,
+    item_col: str = ITEM_ID,
+    rank_col: str = RANK,
+) -> DataFrame:
+    """Per-user precision, recall, NDCG, AP and hit at ``k``.
+
+    Args:
+        recs: needs ``user_id``, ``item_id``, ``rank`` (1 = best; one row per listed item).
+        truth: needs ``user_id``, ``item_id`` (the held-out items).
+        k: the cut-off.
+
+    Returns:
+        one row per user of ``truth``: ``user_id``, ``n_relevant``, ``hits`` and the columns
+        of ``PER_USER_METRICS``.
+    """
+    require_columns(recs.columns, [user_col, item_col, rank_col], "recommendations")
+    require_columns(truth.columns, [user_col, item_col], "held-out interactions")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, found {k}")
+    rel = truth.select(user_col, item_col).distinct()
+    n_rel = rel.groupBy(user_col).agg(F.count(F.lit(1)).alias("n_relevant"))
+    hits = (
+        recs.where(F.col(rank_col) <= k)
+        .select(user_col, item_col, rank_col)
+        .join(rel, [user_col, item_col], "inner")
+        .withColumn(
+            "_cum",
+            F.row_number().over(Window.partitionBy(user_col).orderBy(rank_col, item_col)),
+        )
+        .groupBy(user_col)
+        .agg(
+            F.count(F.lit(1)).alias("hits"),
+            F.sum(1.0 / F.log2(F.col(rank_col) + 1.0)).alias("_dcg"),
+            F.sum(F.col("_cum") / F.col(rank_col)).alias("_ap_sum"),
+        )
+    )
+    idcg = F.aggregate(
+        F.sequence(F.lit(1), F.least(F.col("n_relevant"), F.lit(k)).cast("int")),
+        F.lit(0.0),
+        lambda acc, i: acc + 1.0 / F.log2(i.cast("double") + 1.0),
+    )
+    hits_c = F.coalesce(F.col("hits"), F.lit(0)).cast("long")
+    return n_rel.join(hits, user_col, "left").select(
+        user_col,
+        "n_relevant",
+        hits_c.alias("hits"),
+        (hits_c / F.lit(float(k))).alias("precision"),
+        (hits_c / F.col("n_relevant")).alias("recall"),
+        (F.coalesce(F.col("_dcg"), F.lit(0.0)) / idcg).alias("ndcg"),
+        (
+            F.coalesce(F.col("_ap_sum"), F.lit(0.0))
+            / F.least(F.col("n_relevant"), F.lit(k)).cast("double")
+        ).alias("map"),
+        (hits_c > 0).cast("double").alias("hit_rate"),
+    )
+
+
+def ranking_metrics(
+    recs: DataFrame,
+    truth: DataFrame,
+    catalog: DataFrame,
+    *,
+    k: int,
+    cold_items: DataFrame | None = None,
+    user_col: str = USER_ID,
+    item_col: str = ITEM_ID,
+    rank_col: str = RANK,
+) -> DataFrame:
+    """Every metric at ``k`` for one model, one row per metric.
+
+    Args:
+        recs: needs ``user_id``, ``item_id``, ``rank`` (lists for at least the users of
+            ``truth``; other users' rows count only towards coverage).
+        truth: needs ``user_id``, ``item_id`` (the held-out items).
+        catalog: needs ``item_id`` (the items that could be recommended).
+        k: the cut-off.
+        cold_items: optional ``item_id`` of items with no training interactions.
+
+    Returns:
+        ``metric`` (string), ``k`` (int), ``value`` (double).
+    """
+    users = per_user_metrics(
+        recs, truth, k=k, user_col=user_col, item_col=item_col, rank_col=rank_col
+    )
+    means = users.agg(*[F.avg(m).alias(m) for m in PER_USER_METRICS])
+    top = recs.where(F.col(rank_col) <= k).select(user_col, item_col)
+    n_catalog = catalog.select(item_col).distinct().agg(F.count(F.lit(1)).alias("_n_catalog"))
+    n_recommended = top.select(item_col).distinct().agg(F.count(F.lit(1)).alias("_n_rec"))
+    row = (
+        means.crossJoin(n_catalog)
+        .crossJoin(n_recommended)
+        .withColumn("coverage", F.col("_n_rec") / F.col("_n_catalog"))
+    )
+    names = [*PER_USER_METRICS, "coverage"]
+    if cold_items is not None:
+        cold = cold_items.select(item_col).distinct().withColumn("_cold", F.lit(1))
+        flagged = top.join(cold, item_col, "left")
+        cold_row = flagged.agg(
+            (F.count("_cold") / F.count(F.lit(1))).alias("cold_share"),
+            F.countDistinct(F.when(F.col("_cold") == 1, F.col(item_col)))
+            .cast("double")
+            .alias("cold_items"),
+        )
+        row = row.crossJoin(cold_row)
+        names += ["cold_share", "cold_items"]
+    stacked = F.explode(
+        F.array(
+            *[
+                F.struct(
+                    F.lit(n).alias(METRIC),
+                    F.coalesce(F.col(n).cast("double"), F.lit(0.0)).alias(VALUE),
+                )
+                for n in names
+            ]
+        )
+    )
+    return row.select(stacked.alias("_m")).select(
+        F.col("_m." + METRIC).alias(METRIC),
+        F.lit(k).cast("int").alias(K),
+        F.col("_m." + VALUE).alias(VALUE),
+    )

@@ -1,0 +1,78 @@
+"""End to end: the real stage jobs, in pipeline order, on a temporary warehouse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from recspark import schema as S
+from recspark.cli import PIPELINE, run_stages
+from recspark.config import load_config
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_keeps_the_contract(spark: SparkSession, tmp_path: Path) -> None:
+    wh = str(tmp_path / "wh")
+    gen = tmp_path / "input"
+    k = 5
+    cfg = load_config(
+        None,
+        [
+            f"warehouse={wh}",
+            f"generate.output={gen}",
+            f"input.events={gen}/events",
+            f"input.items={gen}/items",
+            "generate.events=4000",
+            "generate.users=60",
+            "generate.items=80",
+            "generate.bot_users=0",
+            f"recommend.k={k}",
+            "train.epochs=2",
+            "train.num_proc=2",
+            "train.launcher=horovod",
+            "train.dim=16",
+            "train.batch_size=64",
+            "train.reader_workers=1",
+            "evaluate.als_ranks=[8]",
+            "evaluate.als_reg=[0.1]",
+            "evaluate.als_max_iter=5",
+            "run_id=e2e",
+        ],
+    )
+    summaries = run_stages(["generate", *PIPELINE], cfg, spark=spark)
+    assert [s["stage"] for s in summaries] == ["generate", *PIPELINE]
+
+    read = lambda name: spark.read.format("delta").load(f"{wh}/{name}")  # noqa: E731
+    interactions = read("silver/interactions")
+    recs = read("gold/recommendations")
+    items = read("silver/items")
+    assert set(recs.columns) >= {f.name for f in S.RECOMMENDATIONS_SCHEMA.fields}
+
+    users = {r[0] for r in interactions.select(S.USER_ID).distinct().collect()}
+    rec_rows = recs.collect()
+    assert {r[S.USER_ID] for r in rec_rows} == users  # every user covered
+    seen: dict[str, set[str]] = {}
+    for r in interactions.select(S.USER_ID, S.ITEM_ID).collect():
+        seen.setdefault(r[0], set()).add(r[1])
+    n_items = items.count()
+    by_user: dict[str, list] = {}
+    for r in rec_rows:
+        by_user.setdefault(r[S.USER_ID], []).append(r)
+    for user, rows in by_user.items():
+        ranks = sorted(r[S.RANK] for r in rows)
+        assert ranks == list(range(1, len(rows) + 1)), user  # 1..n, no gaps
+        listed = [r[S.ITEM_ID] for r in rows]
+        assert len(set(listed)) == len(listed), user  # no item twice
+        assert not set(listed) & seen[user], user  # nothing already seen
+        assert len(rows) == min(k, n_items - len(seen[user])), user
+        assert all(r[S.REASON] for r in rows)
+        assert {r[S.RUN_ID] for r in rows} == {"e2e"}
+
+    metrics = read("gold/metrics")
+    models = {r[0] for r in metrics.select(S.MODEL).distinct().collect()}
+    assert {"recspark", "popularity"} <= models
+    ndcg = metrics.where((F.col(S.METRIC) == "ndcg") & (F.col(S.K) == 10))
+    assert ndcg.count() >= 2
