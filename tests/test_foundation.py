@@ -77,7 +77,7 @@ def test_config_is_data_never_code(tmp_path: Path) -> None:
 
 
 def test_override_needs_key_and_equals() -> None:
-    with pytest.raises(ConfigError, match="dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
         parse_override("recommend.k")
 
 
@@ -91,7 +91,8 @@ def test_spark_settings_are_a_pure_function_of_config() -> None:
     assert conf["spark.x"] == "1"
     assert "spark.jars" not in spark_settings(cfg, None)
     # Local mode: workers use the driver's interpreter; on a cluster, spark-submit decides.
-    assert spark_settings(cfg, None, python="/v/bin/python")["spark.pyspark.python"] == "/v/bin/python"
+    local = spark_settings(cfg, None, python="/v/bin/python")
+    assert local["spark.pyspark.python"] == "/v/bin/python"
     remote = SparkConfig(master=None)
     assert "spark.pyspark.python" not in spark_settings(remote, None, python="/v/bin/python")
 
@@ -159,5 +160,6 @@ def test_progress_line() -> None:
     from recspark.progress import Snapshot, format_progress
 
     line = format_progress("ingest", Snapshot(30, 50, 2), 45.2, 4.0)
-    assert line == "[recspark] ingest: 2 Spark stage(s), 30/50 tasks (60%), 4.0 tasks/s, 45s elapsed"
+    want = "[recspark] ingest: 2 Spark stage(s), 30/50 tasks (60%), 4.0 tasks/s, 45s elapsed"
+    assert line == want
     assert "%" not in format_progress("embed", Snapshot(0, 0, 1), 1.0, 0.0)

@@ -71,7 +71,7 @@ def test_truncated_gzip_is_one_clear_error(
     ev.mkdir()
     data = gzip.compress((GOOD + "\n").encode() * 5000)
     (ev / "broken.jsonl.gz").write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="broken.jsonl.gz"):
+    with pytest.raises(InputError, match=r"broken\.jsonl\.gz"):
         ingest(spark, _cfg(tmp_path, warehouse, ev, _catalog(tmp_path)))  # type: ignore[arg-type]
 
 
