@@ -62,6 +62,11 @@ def first_failure(checks: Sequence[tuple[Column, str, Column]]) -> Column:
     return out
 
 
+def clean(name: str) -> Column:
+    """A text field trimmed, with blank text as null."""
+    return F.when(~_blank(F.col(name)), F.trim(F.col(name)))
+
+
 def record_checks(
     *, raw_col: str, required: Sequence[str], scalars: Sequence[str]
 ) -> list[tuple[Column, str, Column]]:
@@ -181,9 +186,6 @@ def validate_events(
         (~_blank(F.col(S.VALUE)) & (value.isNull() | F.isnan(value)), BAD_VALUE, F.col(S.VALUE)),
     ]
     parsed = parsed.withColumn("_check", first_failure(checks))
-
-    def clean(name: str) -> Column:
-        return F.when(~_blank(F.col(name)), F.trim(F.col(name)))
 
     return parsed.select(
         F.col(raw_col),
@@ -480,9 +482,6 @@ def classify_items(raw: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
         latest source file wins, ties broken by the text).
     """
     parsed = parse_json_records(raw, S.RAW_ITEM_SCHEMA)
-
-    def clean(name: str) -> Column:
-        return F.when(~_blank(F.col(name)), F.trim(F.col(name)))
 
     checks = record_checks(
         raw_col=raw_col,
