@@ -6,6 +6,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -39,7 +40,7 @@ def expected_counts(fault_counts: dict[tuple[str, int], int]) -> dict[str, Any]:
     }
 
 
-def _write_lines(spark: SparkSession, lines: DataFrame, out: str, files: int, gzip: bool) -> None:
+def _write_lines(spark: SparkSession, lines: DataFrame, out: str, gzip: bool) -> None:
     """Write one text column as ``part-NNNNN.jsonl[.gz]`` files with stable names."""
     tmp = out.rstrip("/") + "._tmp"
     writer = lines.write.mode("overwrite")
@@ -105,12 +106,15 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         )
         clean = clean.unionByName(bots)
     lines = G.with_faults(clean, rates=g.faults, seed=cfg.seed, allow_malformed=g.format == "jsonl")
-    lines = lines.repartition(max(g.files, 1), "session").sortWithinPartitions(
-        "session", "k", "copy"
+    # Kept for the count of injected faults after the write (one generation, not two).
+    lines = (
+        lines.repartition(max(g.files, 1), "session")
+        .sortWithinPartitions("session", "k", "copy")
+        .persist(StorageLevel.MEMORY_AND_DISK)
     )
 
     if g.format == "jsonl":
-        _write_lines(spark, lines.select(G.LINE), f"{out}/events", g.files, g.gzip)
+        _write_lines(spark, lines.select(G.LINE), f"{out}/events", g.gzip)
         _write_lines(
             spark,
             items.coalesce(1)
@@ -119,7 +123,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 F.to_json(F.struct("item_id", "title", "description", "category")).alias("value")
             ),
             f"{out}/items",
-            1,
             False,
         )
     else:
@@ -138,6 +141,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         (r[G.FAULT], int(r["copy"])): int(r["n"])
         for r in lines.groupBy(G.FAULT, "copy").agg(F.count(F.lit(1)).alias("n")).collect()
     }
+    lines.unpersist()
     manifest = {
         "seed": cfg.seed,
         "events_path": f"{out}/events",
