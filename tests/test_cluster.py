@@ -6,15 +6,25 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
+from typing import Any
 
+import cloudpickle
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from recspark import cluster as C
 from recspark import tables as T
+from recspark.cli import PIPELINE
+from recspark.config import load_config
 from recspark.errors import ConfigError, LaunchError
+from recspark.train import bootstrap
+from recspark.train.launch import executor_python
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = Path("/opt/spark")
@@ -122,14 +132,14 @@ def test_submit_command_without_extras_is_minimal_and_rejects_a_bad_override() -
         C.submit_command(HOME, "yarn", "jobs/embed.py", overrides=["warehouse"])
 
 
-def test_plan_submissions_runs_the_stages_in_order_with_the_wheel_and_the_venv_python() -> None:
+def test_plan_submissions_runs_the_stages_in_order_with_the_code_and_the_venv_python() -> None:
     python = "/repo/.venv/bin/python"
     plan = C.plan_submissions(
         ["generate", "ingest", "embed"],
         home=HOME,
         master="spark://127.0.0.1:7101",
         jobs_dir="/repo/jobs",
-        wheel="/repo/dist/recspark-0.1.0-py3-none-any.whl",
+        wheel="/repo/dist/recspark-0.1.0-py3-none-any.zip",
         python=python,
         spec=SPEC,
         config="conf/local.yaml",
@@ -141,7 +151,7 @@ def test_plan_submissions_runs_the_stages_in_order_with_the_wheel_and_the_venv_p
         cmd = p.command
         script = cmd.index(f"/repo/jobs/{p.stage}.py")
         assert cmd[:3] == ["/opt/spark/bin/spark-submit", "--master", "spark://127.0.0.1:7101"]
-        assert cmd[cmd.index("--py-files") + 1] == "/repo/dist/recspark-0.1.0-py3-none-any.whl"
+        assert cmd[cmd.index("--py-files") + 1] == "/repo/dist/recspark-0.1.0-py3-none-any.zip"
         assert cmd.index("--py-files") < script
         assert cmd[script + 1 :] == ["--config", "conf/local.yaml", "--set", "run_id=r1"]
         confs = [cmd[i + 1] for i, a in enumerate(cmd[:script]) if a == "--conf"]
@@ -152,6 +162,31 @@ def test_plan_submissions_runs_the_stages_in_order_with_the_wheel_and_the_venv_p
         assert [c for c in confs if c.startswith("spark.executor.memory=")] == [
             "spark.executor.memory=2g"
         ]
+
+
+def test_executors_may_run_another_python_than_the_driver() -> None:
+    plan = C.plan_submissions(
+        ["train"],
+        home=HOME,
+        master="spark://127.0.0.1:7101",
+        jobs_dir="jobs",
+        wheel="dist/r.zip",
+        python="/driver/python",
+        spec=SPEC,
+        executor_python="/executors/python",
+    )
+    confs = [plan[0].command[i + 1] for i, a in enumerate(plan[0].command) if a == "--conf"]
+    assert "spark.pyspark.python=/executors/python" in confs
+    assert "spark.pyspark.driver.python=/driver/python" in confs
+    assert C.submit_conf(SPEC, "/p")["spark.pyspark.python"] == "/p"
+
+
+def test_horovod_starts_training_processes_with_the_executors_python() -> None:
+    # SparkContext.pythonExec is what executors run (spark.pyspark.python / PYSPARK_PYTHON).
+    assert executor_python("/executors/python", "/driver/python") == "/executors/python"
+    assert executor_python("./env/bin/python", "/driver/python") == "./env/bin/python"
+    assert executor_python(None, "/driver/python") == "/driver/python"
+    assert executor_python("  ", "/driver/python") == "/driver/python"
 
 
 def test_plan_submissions_rejects_unknown_or_no_stages() -> None:
@@ -246,6 +281,102 @@ def test_launch_failure_names_command_exit_code_first_error_and_tail(tmp_path: P
     assert text.rstrip().endswith("last") and "line 99" in text and "line 10\n" not in text
     missing = C.launch_failure("x", ["y"], None, [tmp_path / "missing.log"])
     assert "(timed out)" in str(missing) and "(empty)" in str(missing)
+
+
+# ---------------------------------------------------------------- shipping code to executors
+
+
+def test_py_files_zip_is_the_wheel_named_zip(tmp_path: Path) -> None:
+    wheel = tmp_path / "recspark-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("recspark/__init__.py", "")
+    out = C.py_files_zip(wheel)
+    assert out == tmp_path / "recspark-0.1.0-py3-none-any.zip"
+    assert out.read_bytes() == wheel.read_bytes() and wheel.exists()
+    with pytest.raises(LaunchError, match=r"expected a \.whl file"):
+        C.py_files_zip(tmp_path / "recspark.tar.gz")
+
+
+def test_shipped_file_names_are_base_names_in_order_once() -> None:
+    assert bootstrap.shipped_file_names(
+        "/a/dist/recspark-0.1.0-py3-none-any.zip,hdfs://nn/x/dep.zip, ,file:/b/dep.zip",
+        ["extra.egg", "dep.zip"],
+    ) == ("recspark-0.1.0-py3-none-any.zip", "dep.zip", "extra.egg")
+    assert bootstrap.shipped_file_names(None) == ()
+    assert bootstrap.shipped_paths("/w", ["a.zip", "b.zip"], lambda p: p == "/w/b.zip") == [
+        "/w/b.zip"
+    ]
+
+
+def test_isolated_python_hides_the_installed_recspark_and_logs_its_calls(tmp_path: Path) -> None:
+    assert C.isolated_python_script("/v/python", "/s", "/c.log") == (
+        "#!/bin/sh\n"
+        "printf '%s\\n' \"$*\" >> /c.log\n"
+        "PYTHONPATH=/s${PYTHONPATH:+:$PYTHONPATH}\n"
+        "export PYTHONPATH\n"
+        'exec /v/python "$@"\n'
+    )
+    exe, calls = C.isolated_python(tmp_path / "iso", _venv_python())
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    hidden = subprocess.run(
+        [str(exe), "-c", "import recspark"], env=env, capture_output=True, timeout=120
+    )
+    assert hidden.returncode != 0
+    assert b"No module named 'recspark' (the installed one is hidden" in hidden.stderr
+    shipped_zip = tmp_path / "recspark.zip"
+    with zipfile.ZipFile(shipped_zip, "w") as z:
+        z.writestr("recspark/__init__.py", "WHERE = 'shipped'\n")
+    shipped = subprocess.run(
+        [str(exe), "-c", "import recspark, yaml; print(recspark.WHERE)"],
+        env={**env, "PYTHONPATH": str(shipped_zip)},
+        capture_output=True,
+        timeout=120,
+    )
+    assert shipped.returncode == 0, shipped.stderr.decode()
+    # The shipped recspark, and the environment's other packages (yaml).
+    assert shipped.stdout.decode().strip() == "shipped"
+    assert calls.read_text().splitlines() == [
+        "-c import recspark",
+        "-c import recspark, yaml; print(recspark.WHERE)",
+    ]
+
+
+def test_run_shipped_runs_by_value_where_only_the_shipped_zip_has_the_code(tmp_path: Path) -> None:
+    """What horovod's training processes get: recspark is only in a zip in the task's folder."""
+    work = tmp_path / "task-folder"
+    work.mkdir()
+    shipped_zip = work / "shipped.zip"
+    with zipfile.ZipFile(shipped_zip, "w") as z:
+        z.writestr("recspark_shipped_probe/__init__.py", "def double(x):\n    return 2 * x\n")
+    sys.path.insert(0, str(shipped_zip))
+    try:
+        import recspark_shipped_probe  # type: ignore[import-not-found]
+
+        payload = cloudpickle.dumps((recspark_shipped_probe.double, (21,)))
+        cloudpickle.register_pickle_by_value(bootstrap)
+        try:
+            by_value = cloudpickle.dumps((bootstrap.run_shipped, (payload, ("shipped.zip",))))
+        finally:
+            cloudpickle.unregister_pickle_by_value(bootstrap)
+        by_name = cloudpickle.dumps((bootstrap.run_shipped, (payload, ("shipped.zip",))))
+    finally:
+        sys.path.remove(str(shipped_zip))
+        sys.modules.pop("recspark_shipped_probe", None)
+    exe, _calls = C.isolated_python(tmp_path / "iso", _venv_python())
+    run = [
+        str(exe),
+        "-c",
+        "import sys, cloudpickle\n"
+        "fn, args = cloudpickle.loads(sys.stdin.buffer.read())\n"
+        "print(fn(*args))\n",
+    ]
+    env = {"PATH": os.environ.get("PATH", ""), "HOROVOD_SPARK_WORK_DIR": str(work)}
+    ok = subprocess.run(run, input=by_value, env=env, capture_output=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert ok.stdout.decode().strip() == "42"
+    # By name (what horovod sends without the bootstrap) it cannot even be unpickled there.
+    bad = subprocess.run(run, input=by_name, env=env, capture_output=True, timeout=120)
+    assert bad.returncode != 0 and b"No module named 'recspark'" in bad.stderr
 
 
 # ---------------------------------------------------------------- running: failures, cleanup
@@ -358,10 +489,9 @@ def test_cluster_that_never_registers_times_out_and_both_daemons_are_stopped(
 
 # ---------------------------------------------------------------- end to end (slow)
 
-# The stages submitted, in order, as separate applications. The whole pipeline is
-# ["generate", *recspark.cli.PIPELINE] once embed, train and recommend run in a few minutes here
-# (add their --set overrides to _overrides and their table checks below).
-SUBMITTED = ("generate", "ingest")
+# The stages submitted, in order, each as its own application: the whole pipeline.
+SUBMITTED = ("generate", *PIPELINE)
+K = 5
 
 
 def _venv_python() -> str:
@@ -384,16 +514,45 @@ def _overrides(tmp: Path) -> list[str]:
         f"warehouse={wh}",
         "run_id=cluster-test",
         # The master comes from spark-submit; the driver JVM is already up when the config is
-        # read, so the Delta jars come with --jars and the driver memory with --driver-memory.
+        # read, so the Delta jars come with --jars and the driver memory with --driver-memory
+        # (conf/cluster.yaml says so already; repeated here so that the test does not depend on it).
         "spark.master=null",
         "spark.driver_memory=null",
         "spark.configure_delta_jars=false",
         "spark.shuffle_partitions=2",
+        "spark.ui=false",
+        # One task loads the model (each Python worker that embeds loads its own copy).
+        "embed.num_partitions=1",
+        # Horovod (Gloo, CPU) on the standalone master: 2 processes = the worker's 2 cores, all
+        # running at once as horovod.spark.run needs; 1 epoch of a small model.
+        "train.launcher=horovod",
+        "train.num_proc=2",
+        "train.use_gpu=false",
+        "train.epochs=1",
+        "train.data_files=2",
+        "train.dim=16",
+        "train.batch_size=64",
+        "train.negatives=8",
+        f"recommend.k={K}",
+        # The baselines only: the recspark model is the train stage's (evaluate would train a
+        # second one, on the same launcher); one ALS grid point skips ALS model selection.
+        "evaluate.models=[popularity,als]",
+        "evaluate.als_ranks=[4]",
+        "evaluate.als_reg=[0.1]",
+        "evaluate.als_max_iter=2",
     ]
 
 
-def _delta_rows(table: Path) -> int:
-    """Rows of a small Delta table, from its log: the live files' ``numRecords`` statistics.
+def test_overrides_make_a_valid_cluster_config(tmp_path: Path) -> None:
+    cfg = load_config(ROOT / "conf" / "cluster.yaml", _overrides(tmp_path))
+    assert cfg.spark.master is None and cfg.spark.configure_delta_jars is False
+    assert cfg.warehouse == str(tmp_path / "warehouse") and cfg.recommend.k == K
+    assert (cfg.train.launcher, cfg.train.num_proc, cfg.train.use_gpu) == ("horovod", 2, False)
+    assert cfg.evaluate.models == ("popularity", "als")
+
+
+def _live_files(table: Path) -> list[dict[str, Any]]:
+    """The ``add`` actions of a small Delta table's live files, replayed from its JSON log.
 
     (No second local Spark next to the cluster: the log of a fresh table is a few JSON commits.)
     """
@@ -401,36 +560,92 @@ def _delta_rows(table: Path) -> int:
     commits = sorted(log.glob("*.json"))
     assert commits and commits[0].name == f"{0:020d}.json", f"{table} is not a Delta table"
     assert not list(log.glob("*.checkpoint*.parquet")), f"{table}: read it with Spark instead"
-    live: dict[str, int] = {}
+    live: dict[str, dict[str, Any]] = {}
     for commit in commits:
         for line in commit.read_text().splitlines():
             action = json.loads(line)
             if "add" in action:
-                stats = json.loads(action["add"]["stats"])
-                live[action["add"]["path"]] = int(stats["numRecords"])
+                live[action["add"]["path"]] = action["add"]
             elif "remove" in action:
                 live.pop(action["remove"]["path"], None)
-    return sum(live.values())
+    return list(live.values())
 
 
-def test_delta_rows_replays_adds_and_removes(tmp_path: Path) -> None:
-    log = tmp_path / "t" / "_delta_log"
+def _delta_rows(table: Path) -> int:
+    """Rows of a small Delta table: its live files' ``numRecords`` statistics."""
+    return sum(int(json.loads(a["stats"])["numRecords"]) for a in _live_files(table))
+
+
+def _delta_frame(table: Path) -> pd.DataFrame:
+    """The rows of a small, unpartitioned Delta table, from its live Parquet files."""
+    frames = []
+    for add in _live_files(table):
+        assert not add.get("partitionValues"), f"{table}: partitioned; read it with Spark"
+        assert "deletionVector" not in add, f"{table}: deletion vectors; read it with Spark"
+        frames.append(pq.read_table(table / add["path"]).to_pandas())
+    assert frames, f"{table} has no live files"
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_delta_log_replays_adds_and_removes(tmp_path: Path) -> None:
+    table = tmp_path / "t"
+    log = table / "_delta_log"
     log.mkdir(parents=True)
+    pd.DataFrame({"x": [1, 2]}).to_parquet(table / "a.parquet")
+    pd.DataFrame({"x": [3]}).to_parquet(table / "b.parquet")
+    pd.DataFrame({"x": [4, 5, 6]}).to_parquet(table / "c.parquet")
 
     def add(path: str, n: int) -> str:
         return json.dumps({"add": {"path": path, "stats": json.dumps({"numRecords": n})}})
 
     (log / f"{0:020d}.json").write_text(
-        json.dumps({"metaData": {}}) + "\n" + add("a", 3) + "\n" + add("b", 4) + "\n"
+        json.dumps({"metaData": {}}) + "\n" + add("a.parquet", 2) + "\n" + add("b.parquet", 1)
     )
     (log / f"{1:020d}.json").write_text(
-        json.dumps({"remove": {"path": "a"}}) + "\n" + add("c", 10) + "\n"
+        json.dumps({"remove": {"path": "a.parquet"}}) + "\n" + add("c.parquet", 3) + "\n"
     )
-    assert _delta_rows(tmp_path / "t") == 14
+    assert _delta_rows(table) == 4
+    assert sorted(_delta_frame(table)["x"]) == [3, 4, 5, 6]
+
+
+def check_recommendations(
+    recs: pd.DataFrame, interactions: pd.DataFrame, catalog: set[str], k: int
+) -> None:
+    """The contract's invariants of gold/recommendations, against silver/interactions."""
+    seen = interactions.groupby("user_id")["item_id"].agg(set)
+    assert set(recs["user_id"]) == set(seen.index), "every user in silver/interactions, only they"
+    assert not recs.duplicated(["user_id", "item_id"]).any(), "an item listed twice for a user"
+    for user, rows in recs.groupby("user_id"):
+        ranks = sorted(int(r) for r in rows["rank"])
+        eligible = len(catalog - seen[user])
+        assert ranks == list(range(1, min(k, eligible) + 1)), (user, ranks, eligible)
+        assert not set(rows["item_id"]) & seen[user], f"{user}: an item already interacted with"
+        assert set(rows["item_id"]) <= catalog, user
+
+
+def test_check_recommendations_catches_each_broken_invariant() -> None:
+    inter = pd.DataFrame({"user_id": ["u1", "u2"], "item_id": ["a", "b"]})
+    catalog = {"a", "b", "c"}
+    good = pd.DataFrame(
+        {"user_id": ["u1", "u1", "u2", "u2"], "rank": [1, 2, 1, 2], "item_id": ["b", "c", "a", "c"]}
+    )
+    check_recommendations(good, inter, catalog, k=5)  # min(k, 2 eligible) = 2 rows each
+    check_recommendations(good[good["rank"] == 1], inter, catalog, k=1)
+    broken = {
+        "missing user": good[good["user_id"] == "u1"],
+        "duplicate item": good.assign(item_id=["b", "b", "a", "c"]),
+        "gap in ranks": good.assign(rank=[1, 3, 1, 2]),
+        "too few rows": good.drop(index=3),
+        "seen item": good.assign(item_id=["a", "c", "a", "c"]),
+    }
+    for what, recs in broken.items():
+        with pytest.raises(AssertionError):
+            check_recommendations(recs, inter, catalog, k=5)
+            pytest.fail(what)
 
 
 @pytest.mark.slow
-def test_wheel_submitted_to_a_standalone_cluster_ingests_what_the_generator_wrote(
+def test_whole_pipeline_submitted_to_a_standalone_cluster_keeps_the_contract(
     tmp_path: Path,
 ) -> None:
     from recspark.jars import ensure_delta_jars
@@ -439,6 +654,10 @@ def test_wheel_submitted_to_a_standalone_cluster_ingests_what_the_generator_wrot
     wheel = C.build_wheel(ROOT, tmp_path / "dist", python=python)
     assert wheel.name.startswith("recspark-") and wheel.suffix == ".whl"
     assert not (tmp_path / "dist" / "_src").exists()
+    code = C.py_files_zip(wheel)
+    # The executors cannot import the recspark installed in .venv (editable: it would mask
+    # code that does not reach them): only the shipped zip has it, as on a real cluster.
+    executors, calls = C.isolated_python(tmp_path / "executor-python", python)
 
     spec = C.free_spec(worker_cores=2, worker_memory="1g", executor_memory="1g")
     with C.standalone_cluster(tmp_path / "cluster", spec, start_timeout=180) as cluster:
@@ -446,15 +665,17 @@ def test_wheel_submitted_to_a_standalone_cluster_ingests_what_the_generator_wrot
         summaries = C.submit_stages(
             cluster,
             SUBMITTED,
-            wheel=wheel,
+            wheel=code,
             jobs_dir=ROOT / "jobs",
             log_dir=tmp_path / "logs",
             python=python,
+            executor_python=str(executors),
             jars=ensure_delta_jars(),
-            config=ROOT / "conf" / "local.yaml",
+            config=ROOT / "conf" / "cluster.yaml",
             overrides=_overrides(tmp_path),
+            extra_conf=C.SMALL_DATA_CONF,
             cwd=tmp_path,
-            timeout=600,
+            timeout=900,
         )
         status_url = cluster.status_url
         work_dir = cluster.work_dir
@@ -463,10 +684,14 @@ def test_wheel_submitted_to_a_standalone_cluster_ingests_what_the_generator_wrot
 
     by_stage = {s["stage"]: s for s in summaries}
     assert list(by_stage) == list(SUBMITTED)
-    # Each stage ran as its own application on the worker, which fetched the shipped wheel.
+    # Each stage ran as its own application on the worker, which fetched the shipped code.
     apps = sorted(work_dir.glob("app-*"))
     assert len(apps) == len(SUBMITTED)
-    assert all(list(app.glob("*/recspark-*.whl")) for app in apps)
+    assert all(list(app.glob(f"*/{code.name}")) for app in apps)
+    # Python workers and Horovod's training processes (one per rank) ran the executors' Python.
+    ran = calls.read_text().splitlines()
+    assert any("pyspark.daemon" in line for line in ran), ran
+    assert sum("-m horovod.spark.task.gloo_exec_fn" in line for line in ran) >= 2, ran
 
     manifest = json.loads((tmp_path / "gen" / "manifest.json").read_text())
     expected = manifest["expected_ingest"]
@@ -476,6 +701,31 @@ def test_wheel_submitted_to_a_standalone_cluster_ingests_what_the_generator_wrot
         assert events[key] == expected[key], key
 
     wh = str(tmp_path / "warehouse")
-    assert _delta_rows(Path(T.table_path(wh, T.SILVER_EVENTS))) == expected["accepted"]
-    assert _delta_rows(Path(T.table_path(wh, T.SILVER_QUARANTINE))) == expected["quarantined"]
-    assert _delta_rows(Path(T.table_path(wh, T.SILVER_ITEMS))) == manifest["items"]
+
+    def table(name: str) -> Path:
+        return Path(T.table_path(wh, name))
+
+    assert _delta_rows(table(T.SILVER_EVENTS)) == expected["accepted"]
+    assert _delta_rows(table(T.SILVER_QUARANTINE)) == expected["quarantined"]
+    assert _delta_rows(table(T.SILVER_ITEMS)) == manifest["items"]
+
+    embeddings = _delta_frame(table(T.GOLD_ITEM_EMBEDDINGS))
+    assert len(embeddings) == manifest["items"] == by_stage["embed"]["items_embedded"]
+    assert {len(e) for e in embeddings["embedding"]} == {384}
+
+    assert by_stage["train"]["launcher"] == "horovod"
+    assert by_stage["train"]["metrics"]["train_examples"] > 0
+    version = by_stage["train"]["model_version"]
+
+    recs = _delta_frame(table(T.GOLD_RECOMMENDATIONS))
+    interactions = _delta_frame(table(T.SILVER_INTERACTIONS))
+    catalog = set(_delta_frame(table(T.GOLD_ITEM_VECTORS))["item_id"])
+    assert len(catalog) == manifest["items"]
+    check_recommendations(recs, interactions, catalog, K)
+    assert set(recs["run_id"]) == {"cluster-test"} and set(recs["model_version"]) == {version}
+    assert str(recs["rank"].dtype) == "int32" and recs["score"].dtype == "float64"
+    assert len(recs) == by_stage["recommend"]["rows"]
+
+    metrics = _delta_frame(table(T.GOLD_METRICS))
+    assert len(metrics) > 0 and set(metrics["run_id"]) == {"cluster-test"}
+    assert {"popularity", "als"} <= set(metrics["model"])

@@ -12,11 +12,15 @@ of :mod:`recspark.train.plan`; these functions only run it.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import SparkSession
 
 from recspark.errors import DependencyError, LaunchError
+from recspark.train import bootstrap
 from recspark.train.loop import HorovodComm, TorchDistComm, TrainSpec, train_worker
 from recspark.train.plan import LaunchPlan
 
@@ -38,6 +42,22 @@ def _short(e: BaseException, limit: int = 600) -> str:
     return text if len(text) <= limit else "..." + text[-limit:]
 
 
+def executor_python(python_exec: str | None, driver_python: str) -> str:
+    """The Python the training processes start with: the executors' (``spark.pyspark.python``
+    / ``PYSPARK_PYTHON`` as the driver's SparkContext sees it), else the driver's."""
+    return python_exec.strip() if python_exec and python_exec.strip() else driver_python
+
+
+@contextmanager
+def _pickled_by_value(cloudpickle: Any, module: Any) -> Iterator[None]:
+    """Within the block, cloudpickle ships ``module``'s functions by value, not by name."""
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+
+
 def run_local(spec: TrainSpec) -> list[dict[str, Any]]:
     """One process, here."""
     return [train_worker(spec)]
@@ -54,17 +74,29 @@ def run_horovod(
             f"train.launcher=horovod needs horovod[spark] 0.28.1 ({e}); run scripts/setup.sh, "
             "or set train.launcher=torch_distributor"
         ) from e
+    import cloudpickle
+
+    sc = spark.sparkContext
+    # The training processes need the code shipped with --py-files (see recspark.train.bootstrap)
+    # and the executors' Python, not the driver's (horovod's default is the driver's
+    # sys.executable, a path that need not exist on the executors).
+    names = bootstrap.shipped_file_names(
+        sc.getConf().get("spark.submit.pyFiles"), getattr(sc, "_python_includes", None) or ()
+    )
+    payload = cloudpickle.dumps((_horovod_main, (spec,)))
     try:
-        results = hvd_spark.run(
-            _horovod_main,
-            args=(spec,),
-            num_proc=plan.num_proc,
-            start_timeout=timeout,
-            use_gloo=True,
-            use_mpi=False,
-            verbose=0,
-            env=None,
-        )
+        with _pickled_by_value(cloudpickle, bootstrap):
+            results = hvd_spark.run(
+                bootstrap.run_shipped,
+                args=(payload, names),
+                num_proc=plan.num_proc,
+                start_timeout=timeout,
+                use_gloo=True,
+                use_mpi=False,
+                verbose=0,
+                env=None,
+                executable=executor_python(sc.pythonExec, sys.executable),
+            )
     except Exception as e:  # horovod raises bare Exception for failed Spark jobs
         hint = ""
         if "No module named" in str(e):
