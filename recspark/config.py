@@ -9,8 +9,11 @@ stage (``recspark/<stage>/config.py``) so that each stage owns its settings.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import re
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -94,8 +97,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it in the field's type."""
 
     def bad() -> ConfigError:
+        shown = "***" if is_secret_key(key) else repr(value)
         return ConfigError(
-            f"{source}: key '{key}' expected {_type_name(tp)}, found {value!r} "
+            f"{source}: key '{key}' expected {_type_name(tp)}, found {shown} "
             f"({type(value).__name__})"
         )
 
@@ -147,8 +151,10 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return float(value)
     if tp is str:
         # YAML turns 2024-01-01 into a date and 1e3 into a float; keep scalars as text.
-        if isinstance(value, dict | list) or value is None:
+        if not isinstance(value, str | int | float | dt.date):  # a mapping, list, null, bytes
             raise bad()
+        if isinstance(value, bool):  # as written in YAML (Spark and Hadoop read "true")
+            return "true" if value else "false"
         return value if isinstance(value, str) else str(value)
     raise ConfigError(f"{source}: key '{key}' has an unsupported type {tp!r}")  # a bug
 
@@ -174,8 +180,7 @@ def _build(cls: Any, data: dict[str, Any], prefix: str, source: str) -> Any:
     return obj
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
+def _set_dotted(tree: dict[str, Any], parts: Sequence[str], value: Any) -> None:
     node = tree
     for part in parts[:-1]:
         child = node.get(part)
@@ -183,9 +188,31 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
             child = {}
             node[part] = child
         if not isinstance(child, dict):
-            raise ConfigError(f"--set: key '{dotted}': '{part}' is not a section")
+            raise ConfigError(f"--set: key '{'.'.join(parts)}': '{part}' is not a section")
         node = child
     node[parts[-1]] = value
+
+
+def override_path(dotted: str) -> tuple[list[str], Any]:
+    """The keys that ``dotted`` names in the config tree, and the type of the value it sets
+    (``None`` when the key is unknown: loading then reports it).
+
+    Below a mapping-typed key (``spark.conf``, ``ingest.event_weights``) the rest of the dotted
+    key is one key: ``spark.conf.fs.s3a.secret.key`` sets ``fs.s3a.secret.key`` in
+    ``spark.conf``.
+    """
+    parts = dotted.split(".")
+    tp: Any = Config
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(tp):
+            return parts, None
+        hints = get_type_hints(tp)
+        if part not in hints or part == "source":
+            return parts, None
+        tp = hints[part]
+        if get_origin(tp) is dict and i < len(parts) - 1:
+            return [*parts[: i + 1], ".".join(parts[i + 1 :])], get_args(tp)[1]
+    return parts, tp
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -238,13 +265,85 @@ def load_config(
         tree = loaded
     for text in overrides:
         key, value = parse_override(text)
-        _set_dotted(tree, key, value)
+        parts, tp = override_path(key)
+        text_type = tp is str or (
+            get_origin(tp) in (Union, types.UnionType) and str in get_args(tp)
+        )
+        if text_type and isinstance(value, bool | int | float | dt.date):
+            # Text as typed: YAML would turn a password "0123" into 123 and "no" into False.
+            value = text.partition("=")[2].strip()
+        _set_dotted(tree, parts, value)
     if overrides:
         source = f"{source} (with --set)"
     cfg = _build(Config, tree, "", source)
     return typing.cast(Config, dataclasses.replace(cfg, source=source))
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """The configuration as plain data (for logs, reports and MLflow params)."""
-    return typing.cast(dict[str, Any], dataclasses.asdict(cfg))
+# --- redaction: secrets never reach logs, reports or tables -----------------------------------
+
+# Keys whose values are secret (Python and Java regex syntax alike; Spark gets it as
+# spark.redaction.regex): passwords, tokens, credentials, SAS, account and access keys, ...
+SECRET_KEY_PATTERN = (
+    r"(?i)secret|passw|pwd|token|credential|signature|private"
+    r"|access[._-]?key|(^|[._-])(sas|key|keys|apikey)([._-]|$)"
+)
+_SECRET_KEY = re.compile(SECRET_KEY_PATTERN)
+# A password in a URL (scheme://user:password@host) and secret query parameters (a SAS sig=).
+_URL_PASSWORD = re.compile(r"(?<=://)([^/\s:@]*):([^/\s@]+)@")
+_SECRET_PARAM = re.compile(r"(?i)([?&;](?:sig|signature|token|password|secret|key|sas)=)[^&;\s]*")
+REDACTED = "***"
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a setting named ``key`` holds a secret (e.g. ``fs.s3a.secret.key``,
+    ``fs.azure.account.key.<account>``, ``spark.ssl.keyPassword``, ``*.token``)."""
+    return bool(_SECRET_KEY.search(key))
+
+
+def redact_text(text: str) -> str:
+    """``text`` with URL passwords and secret query parameters replaced by ``***``."""
+    return _SECRET_PARAM.sub(rf"\1{REDACTED}", _URL_PASSWORD.sub(rf"\1:{REDACTED}@", text))
+
+
+def redact_tree(data: Any, key: str = "") -> Any:
+    """A copy of plain config data (mappings, lists, scalars) with every value under a
+    secret-looking key replaced by ``***`` and URL passwords removed from all text."""
+    if key and is_secret_key(key) and data not in (None, ""):
+        return REDACTED
+    if isinstance(data, Mapping):
+        return {k: redact_tree(v, f"{key}.{k}" if key else str(k)) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return type(data)(redact_tree(v) for v in data)
+    return redact_text(data) if isinstance(data, str) else data
+
+
+def redact_command(cmd: Sequence[str]) -> list[str]:
+    """A command line for display: ``KEY=VALUE`` arguments (``--conf``, ``--set``) with a
+    secret-looking key get ``KEY=***``; URL passwords are removed from every argument."""
+    out = []
+    for arg in cmd:
+        key, sep, _value = arg.partition("=")
+        if sep and is_secret_key(key):
+            arg = f"{key}={REDACTED}"
+        out.append(redact_text(arg))
+    return out
+
+
+def to_dict(cfg: Any, *, redact: bool = True) -> dict[str, Any]:
+    """The configuration as plain data (for logs, reports and MLflow params), secrets
+    redacted (see :func:`redact_tree`) unless ``redact`` is false."""
+    data = typing.cast(dict[str, Any], dataclasses.asdict(cfg))
+    return typing.cast(dict[str, Any], redact_tree(data)) if redact else data
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config data as ``dotted.key -> value`` (mappings of settings such as
+    ``spark.conf`` stay one level: ``spark.conf.fs.s3a.secret.key``)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out

@@ -6,12 +6,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import reduce
 from typing import Any, Literal
 
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from recspark import schema as S
 from recspark.errors import InputError
@@ -76,48 +78,89 @@ def detect_format(files: list[str], fmt: Format) -> Literal["jsonl", "parquet"]:
 def read_raw(spark: SparkSession, path: str, fmt: Format = "auto") -> DataFrame:
     """One row per input record: ``raw`` (the unchanged record) and ``source_file``.
 
-    JSON Lines are read as text, so a malformed line is kept verbatim for the quarantine.
-    Parquet rows become their JSON text (``to_json``), parsed by the same code afterwards.
+    JSON Lines are read as text, so a malformed line is kept verbatim for the quarantine (only
+    a line's trailing ``\\r`` and a file's leading byte-order mark are dropped: they belong to
+    the file, not the record). Bytes that are not UTF-8 are read as U+FFFD, which ingest
+    quarantines as ``bad_encoding``.
+    Parquet rows become their JSON text (``to_json``), parsed by the same code afterwards; see
+    :func:`read_parquet_raw` for files whose schemas differ.
     """
     files = list_files(spark, path)
     kind = detect_format(files, fmt)
     if kind == "jsonl":
         df = spark.read.option("lineSep", "\n").text(files)
         return df.select(
-            F.regexp_replace(F.col("value"), "\r$", "").alias(S.RAW),
+            F.regexp_replace(F.col("value"), "^\ufeff|\r$", "").alias(S.RAW),
             F.col("_metadata.file_path").alias(S.SOURCE_FILE),
         )
-    df = spark.read.parquet(*files)
+    return read_parquet_raw(spark, files)
+
+
+_MERGE_FAILURES = ("CANNOT_MERGE_SCHEMAS", "CANNOT_MERGE_INCOMPATIBLE_DATA_TYPE")
+
+
+def _as_json_records(df: DataFrame) -> DataFrame:
     return df.select(
         F.to_json(F.struct(*[F.col(c) for c in df.columns])).alias(S.RAW),
         F.col("_metadata.file_path").alias(S.SOURCE_FILE),
     )
 
 
-_READ_FAILURES = (
-    "FAILED_READ_FILE",
-    "EOFException",
-    "ZipException",
-    "Unexpected end of input stream",
-    "not a Parquet file",
-    "CANNOT_READ_FILE_FOOTER",
-    "incorrect header check",
+def read_parquet_raw(spark: SparkSession, files: list[str]) -> DataFrame:
+    """Parquet files as ``raw`` JSON text and ``source_file``, tolerating schema drift.
+
+    The files' schemas are merged (``mergeSchema``), so a column that only some files have is
+    kept in the raw record of those files instead of being dropped for all. When a column's
+    type differs between files (``user_id`` a string in one file, a number or a struct in
+    another), no merged schema exists: each group of files sharing one schema is then read
+    with that schema and the groups are unioned, so every record keeps its own file's types
+    and ingest's checks classify it (a struct where a string belongs is ``bad_type``).
+    """
+    try:
+        return _as_json_records(spark.read.option("mergeSchema", "true").parquet(*files))
+    except (Py4JJavaError, PySparkException) as e:
+        if not any(marker in str(e) for marker in _MERGE_FAILURES):
+            raise
+    groups: dict[str, tuple[StructType, list[str]]] = {}
+    for f in files:
+        schema = spark.read.parquet(f).schema
+        groups.setdefault(schema.json(), (schema, []))[1].append(f)
+    parts = [
+        _as_json_records(spark.read.schema(schema).parquet(*group))
+        for _key, (schema, group) in sorted(groups.items())
+    ]
+    return reduce(DataFrame.unionByName, parts)
+
+
+# Spark's failures to read an input file, most specific first, and what each one means.
+_READ_FAILURES: tuple[tuple[str, str], ...] = (
+    ("Unexpected end of input stream", "truncated: the compressed stream ends early"),
+    ("EOFException", "truncated: the file ends early"),
+    ("not a gzip file", "not gzip data"),
+    ("incorrect header check", "not gzip data"),
+    ("Not in GZIP format", "not gzip data"),
+    ("ZipException", "corrupt compressed data"),
+    ("CANNOT_READ_FILE_FOOTER", "not a Parquet file: unreadable footer"),
+    ("not a Parquet file", "not a Parquet file"),
+    ("PARQUET_COLUMN_DATA_TYPE_MISMATCH", "a column's type differs from the other files'"),
+    ("FAILED_READ_FILE", "unreadable"),
 )
 
 
 @contextmanager
 def input_errors(path: str) -> Iterator[None]:
     """Turn Spark's failures to read an input file (a truncated gzip, a corrupt Parquet footer)
-    into one-line ``InputError`` naming the path; any other failure passes through."""
+    into one-line ``InputError`` naming the file and the cause; any other failure passes
+    through."""
     try:
         yield
     except (Py4JJavaError, PySparkException) as e:
         text = str(e)
-        if not any(marker in text for marker in _READ_FAILURES):
+        cause = next((why for marker, why in _READ_FAILURES if marker in text), None)
+        if cause is None:
             raise
         m = re.search(r"(file:|s3a?:|abfss?:|dbfs:|hdfs:)[^\s'\"]+", text)
         where = m.group(0).rstrip(".,") if m else path
-        cause = next((mk for mk in _READ_FAILURES if mk in text), "unreadable")
         raise InputError(
             f"cannot read input file {where} ({cause}); fix or remove it and rerun"
         ) from e

@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import json
+import typing
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -354,6 +355,15 @@ def _recommend(rec: Mapping[str, Any]) -> str:
     return _section("Recommendations", "recommend", _key_values(rec, keys))
 
 
+def _configuration(settings: Mapping[str, Any]) -> str:
+    from recspark.config import flatten, redact_tree
+
+    flat = flatten(redact_tree(dict(settings)))
+    rows = [(k, v) for k, v in sorted(flat.items())]
+    note = '<p class="note">Secret-looking values are shown as ***.</p>'
+    return _section("Configuration", "config", html_table(["key", "value"], rows) + note)
+
+
 def build_run_report(
     summaries: list[dict[str, Any]],
     metrics: pd.DataFrame | None,
@@ -361,6 +371,7 @@ def build_run_report(
     *,
     run_id: str | None = None,
     title: str = "recspark run report",
+    settings: Mapping[str, Any] | None = None,
 ) -> str:
     """The run report as one self-contained HTML page (pure: no I/O).
 
@@ -372,11 +383,17 @@ def build_run_report(
             ``train_loss``, ``val_*``), or None.
         run_id: shown in the title; default: the first ``run_id`` in ``summaries``.
         title: the page title.
+        settings: the run's configuration as plain data (``config.to_dict``), shown last.
 
     Returns:
         HTML text; every value from the inputs is escaped, plots are inline base64 PNGs.
-        Sections of stages that did not run are left out.
+        Sections of stages that did not run are left out. Secrets never appear: values under
+        secret-looking keys and URL passwords, in the settings and the summaries alike, are
+        shown as ``***`` (``config.redact_tree``).
     """
+    from recspark.config import redact_tree
+
+    summaries = [typing.cast(dict[str, Any], redact_tree(s)) for s in summaries]
     stages = by_stage(summaries)
     rid = run_id or next((str(s["run_id"]) for s in summaries if s.get("run_id")), None)
     heading = f"{title} — run {rid}" if rid else title
@@ -398,6 +415,8 @@ def build_run_report(
         parts.append(_recommend(stages["recommend"]))
     if metrics is not None and not metrics.empty:
         parts.append(_metrics(metrics, stages.get("evaluate")))
+    if settings is not None:
+        parts.append(_configuration(settings))
     parts.append("</body></html>")
     return "\n".join(p for p in parts if p) + "\n"
 
@@ -453,8 +472,10 @@ def write_run_report(spark: SparkSession, cfg: Config, summaries: list[dict[str,
     """Gather the run's metrics and training history, write the HTML report, return its path.
 
     Metrics are the ``gold/metrics`` rows of ``cfg.run_id`` (when evaluate ran); the history is
-    the train summary's model's ``meta.json`` (when train ran).
+    the train summary's model's ``meta.json`` (when train ran); the configuration is shown
+    with its secrets redacted.
     """
+    from recspark.config import to_dict
     from recspark.io import write_text
 
     stages = by_stage(summaries)
@@ -464,7 +485,7 @@ def write_run_report(spark: SparkSession, cfg: Config, summaries: list[dict[str,
     train = stages.get("train")
     if train is not None and train.get("model_dir"):
         history = read_training_history(spark, str(train["model_dir"]))
-    text = build_run_report(summaries, metrics, history, run_id=run_id)
+    text = build_run_report(summaries, metrics, history, run_id=run_id, settings=to_dict(cfg))
     path = report_path(cfg.warehouse, run_id)
     write_text(spark, path, text)
     return path

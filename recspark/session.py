@@ -4,22 +4,20 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from recspark.config import SparkConfig
+from recspark.config import REDACTED, SECRET_KEY_PATTERN, SparkConfig, is_secret_key, redact_text
 from recspark.jars import default_cache, ensure_delta_jars
-
-_SECRET = re.compile(r"(secret|password|token|credential|access\.key|sas|account\.key)", re.I)
 
 
 def redact(conf: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``conf`` with the values of secret-looking keys replaced by ``***``."""
-    return {k: ("***" if _SECRET.search(k) else v) for k, v in conf.items()}
+    """A copy of ``conf`` for display: the values of secret-looking keys (see
+    :func:`recspark.config.is_secret_key`) replaced by ``***``, URL passwords removed."""
+    return {k: (REDACTED if is_secret_key(k) else redact_text(v)) for k, v in conf.items()}
 
 
 def spark_settings(
@@ -44,6 +42,9 @@ def spark_settings(
         # Delta rebuilds table state with this many tasks (default 50: slow on small data).
         "spark.databricks.delta.snapshotPartitions": str(max(1, min(50, cfg.shuffle_partitions))),
         "spark.ui.showConsoleProgress": "true" if cfg.ui else "false",
+        # Spark's own redaction (UI, event logs, spark-submit --verbose) with recspark's
+        # pattern, which also covers SAS tokens and account keys (Spark's default does not).
+        "spark.redaction.regex": SECRET_KEY_PATTERN,
     }
     if cfg.driver_memory:
         conf["spark.driver.memory"] = cfg.driver_memory

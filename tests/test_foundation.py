@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,20 @@ from pathlib import Path
 import pytest
 
 from recspark.cli import new_run_id, parser
-from recspark.config import Config, SparkConfig, load_config, parse_override
+from recspark.config import (
+    SECRET_KEY_PATTERN,
+    Config,
+    SparkConfig,
+    flatten,
+    is_secret_key,
+    load_config,
+    override_path,
+    parse_override,
+    redact_command,
+    redact_text,
+    redact_tree,
+    to_dict,
+)
 from recspark.errors import ConfigError
 from recspark.session import redact, spark_settings
 from recspark.tables import table_path
@@ -76,6 +90,130 @@ def test_config_is_data_never_code(tmp_path: Path) -> None:
     assert not (tmp_path / "pwned").exists()
 
 
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "!!python/object:recspark.config.Config {}",
+        "!!python/object/new:os.system [echo]",
+        "!!python/name:os.system",
+        "!!binary aGVsbG8=",
+    ],
+)
+def test_yaml_tags_that_build_objects_are_refused(tmp_path: Path, tag: str) -> None:
+    f = tmp_path / "tags.yaml"
+    f.write_text(f"spark:\n  app_name: {tag}\n")
+    with pytest.raises(ConfigError, match=re.escape(str(f))):
+        load_config(f)
+    with pytest.raises(ConfigError, match=r"spark\.app_name"):
+        load_config(None, [f"spark.app_name={tag}"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "found"),
+    [
+        ("recommend.kk=3", "recommend.kk", "expected one of"),
+        ("recommend.k=[1]", "recommend.k", "[1]"),
+        ("spark.conf={a: [1]}", "spark.conf.a", "[1]"),
+        ("spark.conf.spark.x={a: 1}", "spark.conf.spark.x", "{'a': 1}"),
+        ("ingest.bot=3", "ingest.bot", "3"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_the_source(override: str, key: str, found: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert "(with --set)" in msg and key in msg and found in msg and "\n" not in msg
+
+
+def test_overrides_below_a_mapping_key_are_one_key_and_text_stays_text() -> None:
+    cfg = load_config(
+        None,
+        [
+            "spark.conf.fs.s3a.secret.key=XYZ",
+            "spark.conf.spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net=0123",
+            "spark.conf.spark.sql.adaptive.enabled=true",
+            "ingest.event_weights.view=3",
+            "run_id=0042",
+            "warehouse=no",
+        ],
+    )
+    assert cfg.spark.conf == {
+        "fs.s3a.secret.key": "XYZ",
+        "spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net": "0123",
+        "spark.sql.adaptive.enabled": "true",
+    }
+    assert cfg.ingest.event_weights["view"] == 3.0
+    assert (cfg.run_id, cfg.warehouse) == ("0042", "no")  # not 42 and False
+    assert override_path("spark.conf.a.b") == (["spark", "conf", "a.b"], str)
+    assert override_path("recommend.k") == (["recommend", "k"], int)
+    assert override_path("nope.x") == (["nope", "x"], None)
+
+
+def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["spark.conf.fs.s3a.secret.key=[XYZ]"])
+    assert "spark.conf.fs.s3a.secret.key" in str(e.value) and "XYZ" not in str(e.value)
+    proc = _cli("ingest", "--set", "spark.conf.my.password={p: XYZ}", cwd=tmp_path)
+    assert proc.returncode == 2 and "my.password" in proc.stderr
+    assert "XYZ" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("fs.s3a.secret.key", True),
+        ("spark.hadoop.fs.s3a.access.key", True),
+        ("spark.hadoop.fs.s3a.session.token", True),
+        ("fs.azure.account.key.acct.dfs.core.windows.net", True),
+        ("spark.hadoop.fs.azure.sas.container.acct.blob.core.windows.net", True),
+        ("fs.azure.account.oauth2.client.secret", True),
+        ("spark.ssl.keyPassword", True),
+        ("spark.databricks.token", True),
+        ("fs.gs.auth.service.account.private.key", True),
+        ("spark.hadoop.fs.s3a.aws.credentials.provider", True),  # harmless to hide
+        ("spark.sql.shuffle.partitions", False),
+        ("spark.sql.catalog.spark_catalog", False),
+        ("spark.executor.memory", False),
+        ("ingest.event_weights.view", False),
+    ],
+)
+def test_secret_keys(key: str, secret: bool) -> None:
+    assert is_secret_key(key) is secret
+
+
+def test_no_recspark_setting_looks_secret() -> None:
+    keys = flatten(to_dict(Config(), redact=False))
+    assert [k for k in keys if is_secret_key(k)] == []
+
+
+def test_redaction_of_values_trees_and_commands() -> None:
+    assert redact_text("https://me:pa55@mlflow:5000/x") == "https://me:***@mlflow:5000/x"
+    assert redact_text("abfss://c@acct.dfs.core.windows.net/wh") == (
+        "abfss://c@acct.dfs.core.windows.net/wh"  # a container, not a password
+    )
+    assert (
+        redact_text("https://a.blob/x?sv=1&sig=abc%2F&se=2") == "https://a.blob/x?sv=1&sig=***&se=2"
+    )
+    tree = {"spark": {"conf": {"fs.s3a.secret.key": "XYZ", "a": "b"}}, "token": None, "n": [1]}
+    assert redact_tree(tree) == {
+        "spark": {"conf": {"fs.s3a.secret.key": "***", "a": "b"}},
+        "token": None,
+        "n": [1],
+    }
+    cmd = ["spark-submit", "--conf", "spark.hadoop.fs.s3a.secret.key=XYZ", "--conf", "a=b"]
+    cmd += [
+        "--set",
+        "spark.conf.my.password=XYZ",
+        "--set",
+        "train.mlflow_tracking_uri=http://u:XYZ@h",
+    ]
+    assert "XYZ" not in " ".join(redact_command(cmd))
+    assert redact_command(cmd)[4] == "a=b"
+    cfg = load_config(None, ["spark.conf.fs.s3a.secret.key=XYZ"])
+    assert to_dict(cfg)["spark"]["conf"] == {"fs.s3a.secret.key": "***"}
+    assert to_dict(cfg, redact=False)["spark"]["conf"] == {"fs.s3a.secret.key": "XYZ"}
+
+
 def test_override_needs_key_and_equals() -> None:
     with pytest.raises(ConfigError, match=r"dotted\.key=value"):
         parse_override("recommend.k")
@@ -104,6 +242,10 @@ def test_secrets_are_redacted() -> None:
         "spark.hadoop.fs.s3a.secret.key": "***",
         "a": "b",
     }
+    # Spark redacts its own UI, event logs and spark-submit --verbose with the same pattern.
+    settings = spark_settings(SparkConfig(conf={"spark.hadoop.fs.s3a.secret.key": "XYZ"}), None)
+    assert settings["spark.redaction.regex"] == SECRET_KEY_PATTERN
+    assert "XYZ" not in repr(redact(settings))
 
 
 @pytest.mark.parametrize("name", ["../x", "/abs", "a/../../b", "s3a://elsewhere/t", "a//b"])

@@ -140,6 +140,28 @@ def test_full_report_holds_every_section_and_plot() -> None:
     assert not re.search(r'(src|href)="(?!data:)', page)
 
 
+def test_secrets_never_reach_the_report() -> None:
+    settings = {
+        "warehouse": "abfss://c@acct.dfs.core.windows.net/wh",
+        "spark": {
+            "conf": {
+                "spark.hadoop.fs.s3a.secret.key": "S3CRET-1",
+                "spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net": "S3CRET-2",
+                "spark.sql.shuffle.partitions": "8",
+            }
+        },
+        "train": {"mlflow_tracking_uri": "https://me:S3CRET-3@mlflow.example:5000"},
+    }
+    train = {**TRAIN, "model_dir": "s3a://me:S3CRET-4@bucket/models/v"}
+    page = build_run_report([INGEST, train], None, None, settings=settings)
+    assert "S3CRET" not in page
+    assert section_ids(page)[-1] == "config"
+    assert "<td>spark.conf.spark.hadoop.fs.s3a.secret.key</td><td>***</td>" in page
+    assert "<td>spark.conf.spark.sql.shuffle.partitions</td><td>8</td>" in page
+    assert "https://me:***@mlflow.example:5000" in page
+    assert "<td>warehouse</td><td>abfss://c@acct.dfs.core.windows.net/wh</td>" in page
+
+
 def test_reconciliation_failure_is_flagged() -> None:
     bad = json.loads(json.dumps(INGEST))
     bad["events"]["duplicates"] = 2  # 90 + 7 + 2 != 100
@@ -230,16 +252,19 @@ def test_write_run_report_gathers_metrics_and_history(
     model_dir = tmp_path / "models" / "v"
     model_dir.mkdir(parents=True)
     (model_dir / "meta.json").write_text(json.dumps({"history": HISTORY}))
-    cfg = load_config(None, [f"warehouse={warehouse}", "run_id=r1"])
+    secret = "spark.conf.spark.hadoop.fs.s3a.secret.key=XYZ-123"
+    cfg = load_config(None, [f"warehouse={warehouse}", "run_id=r1", secret])
     summaries = [INGEST, {**TRAIN, "model_dir": str(model_dir)}, EVALUATE]
 
     path = write_run_report(spark, cfg, summaries)
 
     assert path == f"{warehouse}/reports/r1/run.html"
     page = Path(path).read_text(encoding="utf-8")
-    assert section_ids(page) == ["stages", "quality", "train", "metrics"]
+    assert section_ids(page) == ["stages", "quality", "train", "metrics", "config"]
+    assert "XYZ-123" not in page and "<td>run_id</td><td>r1</td>" in page
     assert set(images(page)) == {"data quality", "training curves", "metrics against baselines"}
-    assert "0.9000" not in page  # run r0's metric
+    metrics_section = page.split('<section id="metrics">')[1].split("</section>")[0]
+    assert "0.9000" not in metrics_section  # run r0's metric
     assert '<td>ndcg@10</td><td class="num">0.1000</td><td class="num">0.3000</td>' in page
     assert '<td>validate</td><td class="num">2</td>' in page  # the history table
 
@@ -248,7 +273,7 @@ def test_write_run_report_without_evaluate_or_model(spark: SparkSession, warehou
     cfg = load_config(None, [f"warehouse={warehouse}", "run_id=r2"])
     path = write_run_report(spark, cfg, [EMBED, TRAIN])  # model_dir does not exist
     page = Path(path).read_text(encoding="utf-8")
-    assert section_ids(page) == ["stages", "embed", "train"]
+    assert section_ids(page) == ["stages", "embed", "train", "config"]
     assert images(page) == {}
 
 

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from recspark import schema as S
 from recspark import tables as T
 from recspark.config import Config
-from recspark.errors import ConfigError, ReconciliationError
+from recspark.errors import ConfigError, InputError, ReconciliationError
 from recspark.ingest import transforms as X
 from recspark.io import input_errors, read_raw
 
@@ -152,6 +152,14 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     run_time = datetime.now(UTC)
     with input_errors(cfg.input.items):
         items, item_summary = _ingest_items(spark, cfg, run_id)
+    if cfg.ingest.quarantine_unknown_items and item_summary["accepted"] == 0 and items.isEmpty():
+        # An empty catalog would quarantine every event as unknown_item: stop instead.
+        raise InputError(
+            f"input.items: the catalog {cfg.input.items} has no valid item (read "
+            f"{item_summary['read']}, quarantined {item_summary['quarantined']}) and "
+            f"silver/items is empty, so every event would be quarantined as unknown_item; fix "
+            f"the catalog or set ingest.quarantine_unknown_items=false"
+        )
     with input_errors(cfg.input.events):
         event_summary = _ingest_events(spark, cfg, run_id, items, run_time)
 

@@ -21,6 +21,7 @@ STATUS = "status"  # accepted | quarantined | duplicate
 
 # Reason codes written to silver/quarantine.
 EMPTY_RECORD = "empty_record"
+BAD_ENCODING = "bad_encoding"
 MALFORMED_JSON = "malformed_json"
 MISSING_FIELD = "missing_field"
 BAD_TYPE = "bad_type"
@@ -67,16 +68,33 @@ def clean(name: str) -> Column:
     return F.when(~_blank(F.col(name)), F.trim(F.col(name)))
 
 
+# What Spark's JSON parser writes into a string field for a bare literal that is no string
+# (NaN and +-Infinity come out quoted; INF is not accepted at all: malformed_json).
+_BARE_BOOLEANS = ("true", "false")
+_BARE_NON_FINITE = ('"NaN"', '"Infinity"', '"-Infinity"', "NaN", "Infinity", "-Infinity")
+
+
 def record_checks(
-    *, raw_col: str, required: Sequence[str], scalars: Sequence[str]
+    *, raw_col: str, required: Sequence[str], scalars: Sequence[str], numbers: Sequence[str] = ()
 ) -> list[tuple[Column, str, Column]]:
     """The checks every JSON record gets, in order: (condition, reason, detail).
 
-    Empty record, malformed JSON (not an object), a blank required field, and an object or
-    array where a scalar belongs.
+    Empty record; bad encoding (U+FFFD, which reading puts for bytes that are not UTF-8, or a
+    NUL byte, which no JSON text holds: UTF-16 or binary data); malformed JSON (not an object);
+    a blank required field; and a value of the wrong JSON type where a scalar belongs: an
+    object or array, a bare ``true``/``false``, or (except in ``numbers``, whose own checks
+    reject them) a bare ``NaN``/``Infinity``. Numbers are accepted where text belongs (ids).
     """
+    raw = F.col(raw_col)
     checks: list[tuple[Column, str, Column]] = [
-        (_blank(F.col(raw_col)), EMPTY_RECORD, F.lit(None)),
+        (_blank(raw), EMPTY_RECORD, F.lit(None)),
+        (
+            raw.contains("\ufffd") | raw.contains("\u0000"),
+            BAD_ENCODING,
+            F.when(raw.contains("\u0000"), F.lit("NUL byte")).otherwise(
+                F.lit("not UTF-8 (U+FFFD)")
+            ),
+        ),
         (F.col(CORRUPT).isNotNull(), MALFORMED_JSON, F.lit(None)),
     ]
     for field in required:
@@ -84,7 +102,11 @@ def record_checks(
     for field in scalars:
         text = F.ltrim(F.col(field))
         nested = text.startswith("{") | text.startswith("[")
-        checks.append((F.coalesce(nested, F.lit(False)), BAD_TYPE, F.lit(field)))
+        tokens = _BARE_BOOLEANS if field in numbers else _BARE_BOOLEANS + _BARE_NON_FINITE
+        # The parsed text alone cannot tell `true` from `"true"`: the raw text confirms it
+        # (a regex run only on the rare rows whose field reads as one of these words).
+        bare = F.col(field).isin(*tokens) & raw.rlike(f'"{field}"\\s*:\\s*[+-]?[A-Za-z]')
+        checks.append((F.coalesce(nested | bare, F.lit(False)), BAD_TYPE, F.lit(field)))
     return checks
 
 
@@ -174,6 +196,7 @@ def validate_events(
         raw_col=raw_col,
         required=S.REQUIRED_EVENT_FIELDS,
         scalars=tuple(f.name for f in S.RAW_EVENT_SCHEMA.fields),
+        numbers=(S.EVENT_TS, S.VALUE),  # NaN / Infinity there: bad_timestamp / bad_value
     )
     checks += [
         (~etype.isin(list(event_types)), UNKNOWN_EVENT_TYPE, F.col(S.EVENT_TYPE)),
@@ -477,9 +500,10 @@ def classify_items(raw: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
     Returns:
         Rows with ``item_id``, ``title``, ``description``, ``category`` (trimmed; blank -> null),
         ``text``, ``text_hash``, ``reason``, ``detail``, ``is_duplicate`` and ``status``.
-        Records repeating an accepted record exactly are duplicates; a different record for an
-        item id already accepted is quarantined as ``duplicate_item_id`` (the record of the
-        latest source file wins, ties broken by the text).
+        Records repeating the accepted record's fields (title, description, category) are
+        duplicates; a different record for an item id already accepted is quarantined as
+        ``duplicate_item_id`` (the record of the latest source file wins, ties broken by the
+        raw text, descending).
     """
     parsed = parse_json_records(raw, S.RAW_ITEM_SCHEMA)
 
@@ -505,12 +529,13 @@ def classify_items(raw: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
         F.col(S.SOURCE_FILE).desc(), F.col(raw_col).desc()
     )
     ranked = base.withColumn("_rank", F.row_number().over(order))
-    winner_hash = F.first(S.TEXT_HASH).over(
-        order.rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    )
-    ranked = ranked.withColumn("_winner_hash", winner_hash)
+    # A duplicate repeats the winner's fields (after trimming), not merely its embedded text:
+    # a record that differs in any field is quarantined, never dropped as a repeat.
+    fields = F.struct(S.TITLE, S.DESCRIPTION, S.CATEGORY)
+    winner = F.first(fields).over(order.rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    ranked = ranked.withColumn("_winner", winner)
     loser = valid & (F.col("_rank") > 1)
-    same = F.col(S.TEXT_HASH) == F.col("_winner_hash")
+    same = fields.eqNullSafe(F.col("_winner"))
     out = ranked.select(
         *[c for c in base.columns if c not in (S.REASON, S.DETAIL)],
         F.when(loser & ~same, F.lit(DUPLICATE_ITEM_ID)).otherwise(F.col(S.REASON)).alias(S.REASON),
