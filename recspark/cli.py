@@ -11,17 +11,21 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
+import re
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pyspark.sql import SparkSession
 
 from recspark.config import DEFAULT_CONFIG, Config, load_config
-from recspark.errors import RecsparkError
+from recspark.errors import RecsparkError, StorageError
 from recspark.progress import progress
 from recspark.session import configure
 
@@ -48,6 +52,87 @@ def stage_function(name: str) -> StageFn:
     module = importlib.import_module(f"recspark.{name}.job")
     fn: StageFn = module.run
     return fn
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+_PATH_IN_TEXT = re.compile(r"(?:file:)?(/[^\s'\"\]\),;]+)")
+# Bytes the warehouse check writes: a disk that cannot take this cannot take a table either.
+WRITE_CHECK_BYTES = 64 * 1024
+
+
+def local_warehouse_dir(warehouse: str, master: str | None) -> str | None:
+    """The local folder of ``warehouse`` when it is certainly a local path, else None.
+
+    ``file:`` URLs always are; scheme-less paths only with a local master (on a cluster they
+    resolve against the cluster's default file system, which this process cannot check).
+    """
+    if warehouse.startswith("file:"):
+        rest = warehouse[len("file:") :]
+        return "/" + rest.lstrip("/") if rest.startswith("//") else rest
+    if _SCHEME.match(warehouse):
+        return None
+    if master is None or not master.startswith("local"):
+        return None
+    return warehouse
+
+
+def check_writable(folder: str, probe_bytes: int = WRITE_CHECK_BYTES) -> None:
+    """Create ``folder`` if needed and write (then delete) a small probe file in it.
+
+    Raises:
+        StorageError: one line naming the folder and the reason (read-only, full, denied).
+    """
+    path = Path(folder)
+    probe: str | None = None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".recspark-write-check-", dir=path)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(b"\0" * probe_bytes)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename and str(e.filename) != folder else ""
+        raise StorageError(f"warehouse {folder} is not writable: {e.strerror or e}{where}") from e
+    finally:
+        if probe is not None and os.path.exists(probe):
+            os.unlink(probe)
+
+
+def preflight(names: Sequence[str], cfg: Config) -> None:
+    """Checks that need no Spark, so that a bad warehouse or model folder fails in a second:
+    a local warehouse must be writable; ``embed`` needs a readable model folder."""
+    if any(n in PIPELINE for n in names):
+        folder = local_warehouse_dir(cfg.warehouse, cfg.spark.master)
+        if folder is not None:
+            check_writable(folder)
+    if "embed" in names:
+        from recspark.embed.model import encode_settings
+
+        encode_settings(cfg.embed)
+
+
+def storage_failure(text: str, warehouse: str) -> str | None:
+    """The one-line message for an unexpected error that is a storage failure, else None.
+
+    Names the first path in ``text`` under the warehouse (else the first path at all, else
+    the warehouse).
+    """
+    from recspark.tables import storage_problem
+
+    problem = storage_problem(text)
+    if problem is None:
+        return None
+    paths = _PATH_IN_TEXT.findall(text)
+    base = warehouse[len("file:") :] if warehouse.startswith("file:") else warehouse
+    base = os.path.abspath(base) if not _SCHEME.match(base) else base
+    under = [p for p in paths if p.startswith(base)]
+    where = under[0] if under else (paths[0] if paths else None)
+    at = f" at {where}" if where else ""
+    return (
+        f"storage failure{at}: {problem} (warehouse {warehouse}); committed tables keep "
+        "their last version: free space or fix permissions and run the command again"
+    )
 
 
 def build_session(cfg: Config) -> SparkSession:
@@ -111,6 +196,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    cfg: Config | None = None
     try:
         cfg = load_config(args.config, args.overrides)
         if args.command == "datasets":
@@ -119,14 +205,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(prepare(args.name, args.out), sort_keys=True))
             return 0
         names = PIPELINE if args.command == "run" else (args.command,)
+        preflight(names, cfg)
         run_stages(names, cfg, report=args.command == "run")
     except RecsparkError as e:
-        print(f"recspark: error: {e}", file=sys.stderr)
+        print(f"recspark: error: {_one_line(str(e))}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("recspark: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a full or read-only disk is the user's to fix: no traceback
+        text = f"{e}"
+        if isinstance(e, OSError) and e.filename:
+            text = f"{e.filename}: {e.strerror or e}"
+        message = storage_failure(text, cfg.warehouse) if cfg is not None else None
+        if message is None:
+            raise
+        print(f"recspark: error: {message}", file=sys.stderr)
+        return StorageError.exit_code
     return 0
+
+
+def _one_line(text: str) -> str:
+    """Error messages are one line (a wrapped Java message may carry newlines)."""
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -41,3 +41,15 @@ class LaunchError(RecsparkError):
 
 class StageNotReadyError(RecsparkError):
     """A stage needs a table that an earlier stage has not written yet."""
+
+
+class ConcurrentWriteError(RecsparkError):
+    """Another writer committed to the same Delta table first; running the command again works."""
+
+    exit_code = 4
+
+
+class StorageError(RecsparkError):
+    """The warehouse (or a model folder in it) is full, read-only or otherwise unwritable."""
+
+    exit_code = 5

@@ -129,8 +129,22 @@ def resolve_model_path(model: str) -> Path:
     return path.resolve()
 
 
+def _unreadable(path: Path, e: OSError) -> ModelError:
+    where = e.filename if e.filename and str(e.filename) != str(path) else None
+    detail = f"{where}: {e.strerror}" if where else (e.strerror or str(e))
+    return ModelError(f"model folder {path} is unreadable ({detail})")
+
+
 def check_model_dir(path: Path) -> None:
-    """Raise ModelError unless ``path`` holds config.json, weights and tokenizer files."""
+    """Raise ModelError unless ``path`` holds config.json, weights and tokenizer files (and
+    can be read)."""
+    try:
+        _check_model_dir(path)
+    except OSError as e:
+        raise _unreadable(path, e) from e
+
+
+def _check_model_dir(path: Path) -> None:
     if not path.exists():
         raise ModelError(f"model folder {path} does not exist")
     if not path.is_dir():
@@ -222,7 +236,10 @@ def encode_settings(cfg: EmbedConfig) -> EncodeSettings:
         ModelError: the model folder is missing or incomplete.
     """
     path = resolve_model_path(cfg.model)
-    name = embedding_model_name(cfg.model, path, cfg.pooling, cfg.max_length, cfg.normalize)
+    try:
+        name = embedding_model_name(cfg.model, path, cfg.pooling, cfg.max_length, cfg.normalize)
+    except OSError as e:
+        raise _unreadable(path, e) from e
     return EncodeSettings(
         model_path=str(path),
         model_name=name,

@@ -14,12 +14,19 @@ Model folder layout (``model_dir``, one per model version)::
     data/categories/          category -> cat_idx (Parquet)
     checkpoints/last.pt       the last epoch's checkpoint (resume)
     model.pt, meta.json       the final model and its description
+
+A run works in ``<model_dir>.partial`` and renames it to ``model_dir`` once the model is
+trained and tracked, so that ``model_dir`` only ever holds a finished model. A killed run
+leaves the ``.partial`` folder, which the next run with the same model version resumes from
+its last checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +42,7 @@ from recspark.errors import ConfigError, InputError, ModelError, SchemaError
 from recspark.schema import CATEGORY, EMBEDDING, ITEM_ID, USER_ID
 from recspark.train import dataset as ds
 from recspark.train.launch import run_training
-from recspark.train.loop import META_FILE, MODEL_FILE, TrainSpec
+from recspark.train.loop import META_FILE, MODEL_FILE, TrainSpec, checkpoint_path, load_checkpoint
 from recspark.train.model import ModelShape
 from recspark.train.plan import plan_launch
 from recspark.train.tracking import default_tracking_uri, log_training
@@ -44,6 +51,7 @@ VECTORS_SCHEMA = StructType(
     [StructField(ITEM_ID, StringType(), False), StructField(ds.VECTOR, ArrayType(FloatType()))]
 )
 _READY = "_READY"
+PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass(frozen=True)
@@ -53,6 +61,9 @@ class TrainResult:
     model_version: str
     model_dir: str
     metrics: dict[str, float]
+    # "<phase>:<epoch>" of the checkpoint this run resumed from; "finished" when the model was
+    # already trained (reused); None for a run from scratch.
+    resumed_from: str | None = None
 
 
 def fs_path(uri: str) -> str:
@@ -85,12 +96,60 @@ def _read_meta(model_dir: str) -> dict[str, Any]:
     return meta
 
 
-def _result(model_dir: str, meta: dict[str, Any]) -> TrainResult:
+def _result(model_dir: str, meta: dict[str, Any], resumed_from: str | None) -> TrainResult:
     return TrainResult(
         model_version=str(meta["model_version"]),
         model_dir=model_dir,
         metrics={k: float(v) for k, v in meta.get("metrics", {}).items()},
+        resumed_from=resumed_from,
     )
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename: readers (and a rerun after a kill)
+    see the old content or the new, never part of it."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def work_dir(root: str) -> str:
+    """The folder a run of model folder ``root`` works in until the model is finished."""
+    return root.rstrip("/") + PARTIAL_SUFFIX
+
+
+def _is_finished(root: Path) -> bool:
+    return (root / MODEL_FILE).exists() and (root / META_FILE).exists()
+
+
+def _prepare_work_dir(root: Path, work: Path) -> None:
+    """Make ``work`` the folder to train in; ``root`` must not exist afterwards.
+
+    A ``root`` without a finished model (left by a version that trained in place) is moved to
+    ``work`` so that its checkpoint is resumed.
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if root.exists():
+        if work.exists():
+            shutil.rmtree(root)  # the .partial folder is the newer run: keep it
+        else:
+            os.replace(root, work)
+    work.mkdir(parents=True, exist_ok=True)
+
+
+def _publish(work: Path, root: Path) -> None:
+    """Rename the finished ``work`` folder to ``root`` (one atomic rename)."""
+    try:
+        os.replace(work, root)
+    except OSError as e:
+        raise ModelError(f"cannot move the finished model {work} to {root}: {e.strerror}") from e
 
 
 def _text_dim(item_embeddings: DataFrame) -> int:
@@ -155,7 +214,7 @@ def _build_data(
         "train_examples": counts.get("False", 0),
         "valid_examples": counts.get("True", 0),
     }
-    info_path.write_text(json.dumps(info))
+    write_text_atomic(info_path, json.dumps(info))
     return info
 
 
@@ -175,18 +234,33 @@ def fit(
 
     ``events``: ``user_id``, ``item_id``, ``event_type``, ``event_ts`` (silver/events);
     ``items``: ``item_id``, ``category``; ``item_embeddings``: ``item_id``, ``embedding``.
-    Resumes from the last checkpoint when ``model_dir`` holds an unfinished run, and returns
-    the finished model's result at once when it holds a finished one. The final model has
-    learned from every interaction (the validation period included).
+    Works in ``<model_dir>.partial`` and renames it to ``model_dir`` when done: resumes from
+    the last checkpoint there when an earlier run was killed, and returns the finished model's
+    result at once when ``model_dir`` exists (``TrainResult.resumed_from`` says which). The
+    final model has learned from every interaction (the validation period included).
     """
     tc = cfg.train
     root = fs_path(model_dir)
     version = Path(root).name
-    if (Path(root) / META_FILE).exists() and (Path(root) / MODEL_FILE).exists():
+    if _is_finished(Path(root)):
         done = _read_meta(model_dir)
-        if "metrics" in done:  # finished and tracked (else: resume, which ends at once, and log)
-            return _result(model_dir, done)
-    data_dir = os.path.join(root, "data")
+        if "metrics" in done:  # finished and tracked
+            return _result(model_dir, done, "finished")
+    work = work_dir(root)
+    _prepare_work_dir(Path(root), Path(work))
+    # A corrupt checkpoint fails here, on the driver, with one line naming it.
+    ckpt = load_checkpoint(work)
+    resumed_from = None
+    if ckpt is not None:
+        resumed_from = f"{ckpt['state']['phase']}:{ckpt['state']['epoch']}"
+        print(
+            f"[recspark] train: resuming {version} from checkpoint {checkpoint_path(work)} "
+            f"({resumed_from})",
+            file=sys.stderr,
+            flush=True,
+        )
+    del ckpt
+    data_dir = os.path.join(work, "data")
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     info = _build_data(spark, cfg, events, items, item_embeddings, data_dir)
     if info["train_examples"] + info["valid_examples"] == 0:
@@ -214,7 +288,7 @@ def fit(
     )
     spec = TrainSpec(
         data_dir=data_dir,
-        model_dir=root,
+        model_dir=work,
         shape=shape,
         epochs=tc.epochs,
         patience=tc.patience,
@@ -239,7 +313,7 @@ def fit(
         },
     )
     summaries = run_training(spark, spec, plan, timeout=tc.start_timeout)
-    meta = _read_meta(model_dir)
+    meta = _read_meta(work)
     k = tc.validation_k
     best = [
         h for h in meta["history"] if h["phase"] == "validate" and h["epoch"] == meta["best_epoch"]
@@ -268,12 +342,15 @@ def fit(
         params,
         meta["history"],
         metrics,
-        [os.path.join(root, MODEL_FILE), os.path.join(root, META_FILE)],
+        [os.path.join(work, MODEL_FILE), os.path.join(work, META_FILE)],
     )
     meta["metrics"] = metrics
     meta["mlflow_run_id"] = run_id
-    (Path(root) / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-    return _result(model_dir, meta)
+    meta["resumed_from"] = resumed_from
+    text = json.dumps(meta, indent=2, sort_keys=True, default=str)
+    write_text_atomic(Path(work) / META_FILE, text)
+    _publish(Path(work), Path(root))
+    return _result(model_dir, meta, resumed_from)
 
 
 def _load_state(model_dir: str) -> tuple[dict[str, Any], bytes]:

@@ -61,4 +61,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "model_dir": result.model_dir,
         "metrics": result.metrics,
         "launcher": cfg.train.launcher,
+        # "<phase>:<epoch>" of the checkpoint a killed run was resumed from; "finished" when
+        # the model was already trained; None when trained from scratch.
+        "resumed_from": result.resumed_from,
     }

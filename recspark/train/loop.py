@@ -29,6 +29,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from recspark.errors import ModelError
 from recspark.train.model import ItemFeatures, ModelShape, TwoTower, batch_loss, evaluate
 from recspark.train.model import weights_digest as digest_of
 from recspark.train.plan import plan_device
@@ -243,18 +244,52 @@ def _dummy_batch(history_len: int) -> dict[str, np.ndarray]:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` to a temporary file beside ``path``, flush it to disk, then rename it over
+    ``path``: a kill at any moment leaves the previous file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
-def _load_checkpoint(model_dir: str) -> dict[str, Any] | None:
-    path = Path(local_path(model_dir)) / CHECKPOINT
+def checkpoint_path(model_dir: str) -> Path:
+    """Where the run in ``model_dir`` keeps its last checkpoint."""
+    return Path(local_path(model_dir)) / CHECKPOINT
+
+
+def load_checkpoint(model_dir: str) -> dict[str, Any] | None:
+    """The last checkpoint of the run in ``model_dir``, or None when it has none yet.
+
+    Raises:
+        ModelError: the checkpoint file exists but cannot be read as one (one line naming it).
+    """
+    path = checkpoint_path(model_dir)
     if not path.exists():
         return None
-    ckpt: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
-    return ckpt
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, bad pickle, OSError: all an unusable checkpoint
+        text = str(e).strip().splitlines()
+        raise ModelError(
+            f"checkpoint {path} is corrupt or unreadable ({text[0] if text else type(e).__name__})"
+            "; delete it to train this model version from the start"
+        ) from e
+    keys = ckpt.keys() if isinstance(ckpt, dict) else ()
+    missing = [k for k in ("model", "optimizer", "state") if k not in keys]
+    if missing:
+        raise ModelError(
+            f"checkpoint {path} is not a training checkpoint (missing {', '.join(missing)}); "
+            "delete it to train this model version from the start"
+        )
+    out: dict[str, Any] = ckpt
+    return out
 
 
 def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
@@ -276,7 +311,7 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
     valid_hist, valid_target = valid_hist[mine].to(device), valid_target[mine].to(device)
     n_valid = comm.allreduce([float(valid_target.numel())], "sum")[0]
 
-    ckpt = _load_checkpoint(spec.model_dir)
+    ckpt = load_checkpoint(spec.model_dir)
     model, opt = _fresh(spec, comm, device)
     state: dict[str, Any] = {
         "phase": PHASE_VALIDATE if n_valid > 0 else PHASE_FINAL,
@@ -289,11 +324,14 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
     resumed_from: str | None = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
         resumed_from = f"{state['phase']}:{state['epoch']}"
     comm.broadcast_model(model)
+    # Horovod's DistributedOptimizer is a new optimizer over the same parameters, with its own
+    # state: the optimizer state is saved from and loaded into the wrapped one (``dopt``).
     dopt = comm.wrap_optimizer(opt, model)
+    if ckpt is not None:
+        dopt.load_state_dict(ckpt["optimizer"])
 
     seen: dict[str, list[int]] = {}
     train_seconds = 0.0
@@ -302,7 +340,7 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
     def checkpoint() -> None:
         if comm.rank == 0:
             _atomic_save(
-                {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state},
+                {"model": model.state_dict(), "optimizer": dopt.state_dict(), "state": state},
                 Path(local_path(spec.model_dir)) / CHECKPOINT,
             )
 
