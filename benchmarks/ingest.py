@@ -77,7 +77,8 @@ def main() -> None:
             f"events={lines:>11,d}  copy {t_copy:7.1f}s "
             f"({lines / t_copy / cores:9,.0f} ev/s/core)  "
             f"ingest {t_ingest:7.1f}s ({lines / t_ingest / cores:9,.0f} ev/s/core)  "
-            f"ratio {t_ingest / t_copy:4.2f}x  counts match generator: {ok}",
+            f"ratio {t_ingest / t_copy:4.2f}x  counts match generator: {ok}  "
+            f"load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
     if len(results) > 1:

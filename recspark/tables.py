@@ -209,17 +209,36 @@ def merge_new(
     ``df`` must hold each key once. The first write creates the table. Rerunning with the same
     rows inserts nothing, so every writer built on this is idempotent.
     """
+    return insert_new(spark, df, warehouse, name, keys, partition_by)[0]
+
+
+def insert_new(
+    spark: SparkSession,
+    df: DataFrame,
+    warehouse: str,
+    name: str,
+    keys: Sequence[str],
+    partition_by: Sequence[str] = (),
+    rows: int | None = None,
+) -> tuple[int, bool]:
+    """:func:`merge_new`, also saying whether this write created the table (it then holds
+    exactly the rows of ``df``).
+
+    Args:
+        rows: how many rows ``df`` holds, when the caller knows: a table created from ``df``
+            then reports it instead of reading its history.
+    """
     path = table_path(warehouse, name)
     cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
 
-    def attempt() -> int:
+    def attempt() -> tuple[int, bool]:
         if not exists(spark, path):
-            created = _create(spark, df, path, partition_by)
+            created = _create(spark, df, path, partition_by, rows=rows)
             if created is not None:
-                return created
+                return created, True
         table = DeltaTable.forPath(spark, path)
         result = table.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
-        return _merge_metric(result, "num_inserted_rows")
+        return _merge_metric(result, "num_inserted_rows"), False
 
     return _retrying(path, attempt)
 
@@ -237,7 +256,7 @@ def merge_upsert(
     cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
 
     def attempt() -> None:
-        if not exists(spark, path) and _create(spark, df, path, ()) is not None:
+        if not exists(spark, path) and _create(spark, df, path, (), rows=0) is not None:
             return
         m = (
             DeltaTable.forPath(spark, path)
@@ -254,10 +273,15 @@ def merge_upsert(
 
 
 def _create(
-    spark: SparkSession, df: DataFrame, path: str, partition_by: Sequence[str]
+    spark: SparkSession,
+    df: DataFrame,
+    path: str,
+    partition_by: Sequence[str],
+    rows: int | None = None,
 ) -> int | None:
-    """Create the table at ``path`` from ``df``; the rows written, or None when another
-    writer created it first (then the caller MERGEs into it)."""
+    """Create the table at ``path`` from ``df``; the rows written (``rows`` when the caller
+    gives it: the table's history is then not read), or None when another writer created it
+    first (then the caller MERGEs into it)."""
     writer = df.write.format("delta").mode("errorifexists")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
@@ -267,6 +291,8 @@ def _create(
         if conflict_kind(e) is not None or exists(spark, path):
             return None  # lost the race to create it: the table is there now
         raise
+    if rows is not None:
+        return rows
     # Version 0 is this write's commit (errorifexists): read its metrics, not the latest one.
     return _operation_metric(spark, path, 0, ("numOutputRows",))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from chispa import assert_df_equality
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     DoubleType,
@@ -181,6 +181,58 @@ def test_sessionize_cuts_at_the_gap_and_keeps_given_ids(spark: SparkSession) -> 
     )
     actual = X.sessionize(df, gap_minutes=30)
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_sessions_filled_during_classification_match_sessionize(spark: SparkSession) -> None:
+    """classify_events fills sessions in the bot filter's sort; the result must equal
+    :func:`sessionize` over the accepted events, whatever is quarantined in between."""
+
+    def line(user: str, item: str, minute: int, **extra: str) -> str:
+        record = {"user_id": user, "item_id": item, "event_type": "view"}
+        record["event_ts"] = f"2024-01-01T{minute // 60:02d}:{minute % 60:02d}:00Z"
+        return json.dumps({**record, **extra})
+
+    lines = [
+        line("u", "i1", 0),
+        line("u", "i2", 20),
+        line("u", "missing", 45),  # unknown item between two events 40 min apart
+        line("u", "i1", 60),
+        line("u", "i1", 60),  # exact duplicate
+        line("u", "i2", 61, session_id="given"),
+        line("u", "i1", 80, event_type="nope"),  # invalid: no part of any session
+        line("u", "i2", 85),
+        line("v", "i1", 5),
+        line("v", "i2", 7, event_id="e1"),
+        line("v", "i1", 9, event_id="e1"),  # re-sent event id: a duplicate
+    ]
+    # A bot with two busy hours of 4 events: all of its events are quarantined.
+    lines += [line("bot", "i1", h * 60 + k) for h in (0, 1) for k in range(4)]
+    items = spark.createDataFrame([("i1", "a"), ("i2", "b")], "item_id string, category string")
+
+    def classify(gap: float | None) -> DataFrame:
+        return X.classify_events(
+            _raw(spark, lines),
+            items,
+            min_ts=WINDOW[0],
+            max_ts=WINDOW[1],
+            bot_events_per_hour=4,
+            bot_min_busy_hours=2,
+            session_gap_minutes=gap,
+        )
+
+    plain, filled = classify(None), classify(30)
+    cols = [S.EVENT_KEY, S.USER_ID, S.EVENT_TS, S.SESSION_ID]
+    accepted = plain.where(F.col(X.STATUS) == "accepted").select(*cols)
+    expected = X.sessionize(accepted, gap_minutes=30)
+    actual = filled.where(F.col(X.STATUS) == "accepted").select(*cols)
+    assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
+    sessions = {r[S.SESSION_ID] for r in actual.where(F.col(S.USER_ID) == "u").collect()}
+    assert len(sessions) == 3  # 0-20, 60-85 (the unknown item does not bridge), "given"
+    assert filled.where(F.col(X.STATUS) == "accepted").count() == 7
+    assert filled.where(F.col(S.REASON) == "bot").count() == 8
+    # Rows that are not accepted keep their session as read (null here).
+    rest = filled.where(F.col(X.STATUS) != "accepted").where(F.col(S.SESSION_ID).isNotNull())
+    assert rest.count() == 0
 
 
 def test_bots_are_flagged_and_fast_human_raters_are_not(spark: SparkSession) -> None:

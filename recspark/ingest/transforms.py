@@ -48,7 +48,9 @@ def _with_corrupt(schema: StructType) -> StructType:
 
 
 def _blank(c: Column) -> Column:
-    return c.isNull() | (F.trim(c) == "")
+    # trim() drops spaces only: text that does not start with one is blank only when empty
+    # (checked first, so the common case copies nothing).
+    return c.isNull() | (c == "") | (c.startswith(" ") & (F.trim(c) == ""))
 
 
 def first_failure(checks: Sequence[tuple[Column, str, Column]]) -> Column:
@@ -136,7 +138,8 @@ def parse_json_records(
             "allowNonNumericNumbers": "true",
         },
     )
-    not_object = ~F.ltrim(F.col(raw_col)).startswith("{")
+    raw_text = F.col(raw_col)
+    not_object = ~(raw_text.startswith("{") | F.ltrim(raw_text).startswith("{"))
     out = raw.withColumn("_p", parsed)
     cols = [F.col(f"_p.{f.name}").alias(f.name) for f in record_schema.fields]
     corrupt = F.when(out["_p"].isNull() | not_object, F.col(raw_col)).otherwise(
@@ -274,6 +277,9 @@ def _accepted_so_far() -> Column:
     return F.col(S.REASON).isNull() & ~F.col(IS_DUPLICATE)
 
 
+HOUR = "_hour"  # the clock hour of an event still accepted (bots and sessions sort by it)
+
+
 def flag_bots(df: DataFrame, *, events_per_hour: int, min_busy_hours: int) -> DataFrame:
     """Quarantine (``reason = 'bot'``) every event of users with a sustained machine rate.
 
@@ -283,14 +289,30 @@ def flag_bots(df: DataFrame, *, events_per_hour: int, min_busy_hours: int) -> Da
     Args:
         df: output of :func:`mark_duplicates`.
     """
+    flagged = _flag_bots(
+        df, events_per_hour=events_per_hour, min_busy_hours=min_busy_hours, hour_order=()
+    )
+    return flagged.drop(HOUR)
+
+
+def _flag_bots(
+    df: DataFrame, *, events_per_hour: int, min_busy_hours: int, hour_order: Sequence[str]
+) -> DataFrame:
+    """:func:`flag_bots`, keeping ``_hour``. The rows come out sorted by (user, ``_hour``,
+    *hour_order*) within the user partitioning: with (``event_ts``, ``event_key``), the order
+    sessions need too."""
     # Windows over the user (no join, no extra shuffle after mark_duplicates' partitioning).
+    # The per-hour window is ordered by time (its frame is the whole hour either way), so the
+    # one sort it needs also serves the sessions (see :func:`classify_events`).
     accepted = _accepted_so_far()
-    hour = F.when(accepted, F.date_trunc("hour", F.col(S.EVENT_TS)))
-    per_hour = F.count(hour).over(Window.partitionBy(S.USER_ID, hour))
-    busy_hour = F.when(accepted & (F.col("_n") >= events_per_hour), F.col("_hour"))
+    whole_hour = Window.partitionBy(S.USER_ID, HOUR).orderBy(*hour_order)
+    per_hour = F.count(HOUR).over(
+        whole_hour.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    )
+    busy_hour = F.when(accepted & (F.col("_n") >= events_per_hour), F.col(HOUR))
     by_user = Window.partitionBy(S.USER_ID)
     flagged = (
-        df.withColumn("_hour", hour)
+        df.withColumn(HOUR, F.when(accepted, F.date_trunc("hour", F.col(S.EVENT_TS))))
         .withColumn("_n", per_hour)
         .withColumn("_busy_hours", F.size(F.collect_set(busy_hour).over(by_user)))
         .withColumn("_peak", F.max(F.when(accepted, F.col("_n"))).over(by_user))
@@ -301,6 +323,7 @@ def flag_bots(df: DataFrame, *, events_per_hour: int, min_busy_hours: int) -> Da
     )
     return flagged.select(
         *[c for c in df.columns if c not in (S.REASON, S.DETAIL)],
+        HOUR,
         F.when(is_bot, F.lit(BOT)).otherwise(F.col(S.REASON)).alias(S.REASON),
         F.when(is_bot, detail).otherwise(F.col(S.DETAIL)).alias(S.DETAIL),
     )
@@ -358,17 +381,48 @@ def sessionize(events: DataFrame, *, gap_minutes: float) -> DataFrame:
     Args:
         events: accepted events (needs ``user_id``, ``event_ts``, ``event_key``, ``session_id``).
     """
-    order = Window.partitionBy(S.USER_ID).orderBy(S.EVENT_TS, S.EVENT_KEY)
-    prev = F.lag(S.EVENT_TS).over(order)
-    gap = F.unix_micros(F.col(S.EVENT_TS)) - F.unix_micros(prev)
-    starts = prev.isNull() | (gap > F.lit(int(gap_minutes * 60 * 1_000_000)))
-    marked = events.withColumn("_start", F.when(starts, F.col(S.EVENT_TS)))
-    running = order.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    return _sessionize(
+        events, gap_minutes=gap_minutes, member=F.lit(True), order=(S.EVENT_TS, S.EVENT_KEY)
+    )
+
+
+def _sessionize(
+    df: DataFrame, *, gap_minutes: float, member: Column, order: Sequence[str]
+) -> DataFrame:
+    """:func:`sessionize` over the rows where ``member`` holds; the other rows are passed
+    through unchanged and ignored (they neither start nor continue a session).
+
+    ``order`` must sort the members as (``event_ts``, ``event_key``) does: a prefix that is a
+    non-decreasing function of the time (the clock hour) lets the window reuse an earlier sort.
+    """
+    w = Window.partitionBy(S.USER_ID).orderBy(*order)
+    ts = F.col(S.EVENT_TS)
+    prev = F.last(F.when(member, ts), ignorenulls=True).over(
+        w.rowsBetween(Window.unboundedPreceding, -1)
+    )
+    gap = F.unix_micros(ts) - F.unix_micros(prev)
+    starts = member & (prev.isNull() | (gap > F.lit(int(gap_minutes * 60 * 1_000_000))))
+    marked = df.withColumn("_start", F.when(starts, ts))
+    running = w.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     session_start = F.last("_start", ignorenulls=True).over(running)
     generated = F.concat_ws(":", F.col(S.USER_ID), F.unix_seconds(session_start).cast("string"))
-    return marked.withColumn(S.SESSION_ID, F.coalesce(F.col(S.SESSION_ID), generated)).drop(
-        "_start"
+    filled = F.when(member, F.coalesce(F.col(S.SESSION_ID), generated)).otherwise(
+        F.col(S.SESSION_ID)
     )
+    return marked.withColumn(S.SESSION_ID, filled).drop("_start")
+
+
+def keep_text_of_rejected(classified: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
+    """Null the record text of every row that is not quarantined.
+
+    Only the quarantine keeps the raw record: dropping it from accepted events and duplicates
+    makes the classified frame much smaller to keep in memory.
+
+    Args:
+        classified: output of :func:`classify_events` (needs ``raw`` and ``status``).
+    """
+    kept = F.when(F.col(STATUS) == "quarantined", F.col(raw_col)).alias(raw_col)
+    return classified.select(*[kept if c == raw_col else F.col(c) for c in classified.columns])
 
 
 def to_silver_events(accepted: DataFrame, *, run_id: str) -> DataFrame:
@@ -436,6 +490,7 @@ def classify_events(
     broadcast_catalog: bool = True,
     bot_events_per_hour: int | None = 600,
     bot_min_busy_hours: int = 3,
+    session_gap_minutes: float | None = None,
 ) -> DataFrame:
     """Parse, validate, deduplicate, flag bots and join the catalog: every record, classified.
 
@@ -443,6 +498,8 @@ def classify_events(
         raw: one row per input record with ``raw`` and ``source_file``.
         items: the clean catalog (``item_id``, ``category``).
         bot_events_per_hour: None switches the bot filter off.
+        session_gap_minutes: when given, accepted events also get their ``session_id``
+            filled as :func:`sessionize` does (in the same sort as the bot filter).
 
     Returns:
         One row per input record with the normalised event fields, ``category``,
@@ -453,14 +510,23 @@ def classify_events(
     # One shuffle by user serves dedup, bots and sessions: their windows all partition by
     # the user (and more), which a hash partitioning on the user already satisfies.
     marked = mark_duplicates(validated.repartition(S.USER_ID))
+    order: tuple[str, ...] = (S.EVENT_TS, S.EVENT_KEY)
     if bot_events_per_hour is not None:
-        marked = flag_bots(
-            marked, events_per_hour=bot_events_per_hour, min_busy_hours=bot_min_busy_hours
+        marked = _flag_bots(
+            marked,
+            events_per_hour=bot_events_per_hour,
+            min_busy_hours=bot_min_busy_hours,
+            hour_order=order,
         )
+        order = (HOUR, *order)  # accepted events all have an hour: the bot filter's sort
     joined = join_catalog(
         marked, items, quarantine_unknown=quarantine_unknown_items, broadcast=broadcast_catalog
     )
-    return with_status(joined)
+    out = with_status(joined)
+    if session_gap_minutes is not None:
+        accepted = F.col(STATUS) == "accepted"
+        out = _sessionize(out, gap_minutes=session_gap_minutes, member=accepted, order=order)
+    return out.drop(HOUR)
 
 
 def event_window(
