@@ -145,6 +145,19 @@ def test_blockwise_equals_one_block_in_spark(spark: SparkSession) -> None:
     one = _run(spark, ScoreParams(k=4, cold_item_slots=1))
     blocked = _run(spark, ScoreParams(k=4, cold_item_slots=1, user_block_size=1, item_block_size=3))
     assert_df_equality(one, blocked, ignore_row_order=True, ignore_nullable=True)
+    # Groups of 2 items, user blocks scored by 2 threads side by side.
+    grouped = _run(
+        spark,
+        ScoreParams(
+            k=4,
+            cold_item_slots=1,
+            user_block_size=1,
+            item_block_size=4,
+            group_size=2,
+            torch_threads=2,
+        ),
+    )
+    assert_df_equality(one, grouped, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_cold_item_slot_and_no_exclusion(spark: SparkSession) -> None:

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from recspark.recommend import kernel
 from recspark.recommend.kernel import (
     brute_force_topk,
     exclusion_pairs,
-    merge_topk,
     pick_device,
     plan_blocks,
     reserve_slots,
+    rounding_margin,
     select_topk,
     topk_scores,
 )
@@ -87,44 +88,159 @@ def test_exact_topk_equals_brute_force_with_exclusions(k: int) -> None:
         assert len(row) == min(k, 37 - len(s))
 
 
-@pytest.mark.parametrize(("ub", "ib"), [(1, 1), (4, 5), (7, 36), (100, 100)])
-def test_blockwise_merge_equals_one_block(ub: int, ib: int) -> None:
+class FullRowCounter:
+    """Counts the rows that ``topk_scores`` scores against every item (undecided group cut)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.rows = 0
+        real = kernel._topk_in_full
+
+        def counting(users, item_vecs, k, rows, ex_rows, ex_items):  # type: ignore[no-untyped-def]
+            self.rows += int(rows.numel())
+            return real(users, item_vecs, k, rows, ex_rows, ex_items)
+
+        monkeypatch.setattr(kernel, "_topk_in_full", counting)
+
+
+def _dyadic_vectors(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    # Multiples of 1/64: exact in float32 (any summation order), with few tied scores.
+    return (rng.integers(-64, 65, size=(n, d)) / 64).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("ub", "ib", "g"),
+    [(1000, 1000, 1), (1, 1, 1), (4, 5, 2), (7, 36, 3), (3, 16, 8), (100, 100, 41), (5, 7, 64)],
+)
+def test_block_and_group_sizes_give_identical_output(ub: int, ib: int, g: int) -> None:
     rng = np.random.default_rng(11)
-    users, items = (
-        torch.from_numpy(_int_vectors(rng, 19, 3)),
-        torch.from_numpy(_int_vectors(rng, 41, 3)),
-    )
-    rows, cols = exclusion_pairs([rng.choice(41, size=5, replace=False) for _ in range(19)])
-    one = topk_scores(
-        users,
-        items,
-        6,
-        exclude_rows=rows,
-        exclude_items=cols,
-        user_block_size=1000,
-        item_block_size=1000,
-    )
-    blocked = topk_scores(
-        users,
-        items,
-        6,
-        exclude_rows=rows,
-        exclude_items=cols,
-        user_block_size=ub,
-        item_block_size=ib,
-    )
-    assert torch.equal(one[1], blocked[1])
-    assert torch.equal(one[0], blocked[0])
+    for users_np, items_np in (
+        (_int_vectors(rng, 19, 3), _int_vectors(rng, 41, 3)),  # many ties
+        (_dyadic_vectors(rng, 19, 5), _dyadic_vectors(rng, 41, 5)),  # few ties
+    ):
+        users, items = torch.from_numpy(users_np), torch.from_numpy(items_np)
+        users[3] = 0.0  # a zero vector: every score ties
+        seen = [rng.choice(41, size=5, replace=False) for _ in range(19)]
+        rows, cols = exclusion_pairs(seen)
+        one = topk_scores(
+            users,
+            items,
+            6,
+            exclude_rows=rows,
+            exclude_items=cols,
+            user_block_size=1000,
+            item_block_size=1000,
+            group_size=1000,
+        )
+        blocked = topk_scores(
+            users,
+            items,
+            6,
+            exclude_rows=rows,
+            exclude_items=cols,
+            user_block_size=ub,
+            item_block_size=ib,
+            group_size=g,
+        )
+        assert torch.equal(one[1], blocked[1])
+        assert torch.equal(one[0], blocked[0])
+        threaded = topk_scores(
+            users,
+            items,
+            6,
+            exclude_rows=rows,
+            exclude_items=cols,
+            user_block_size=ub,
+            item_block_size=ib,
+            group_size=g,
+            workers=3,
+        )
+        assert torch.equal(one[1], threaded[1])
+        assert torch.equal(one[0], threaded[0])
+        ref = brute_force_topk(users_np, items_np, 6, [set(s.tolist()) for s in seen])
+        ref[3] = [(i, 0.0) for i in range(41) if i not in set(seen[3].tolist())][:6]
+        assert _as_lists(*blocked) == ref
 
 
-def test_merge_topk_of_partials_equals_select_on_all() -> None:
-    rng = np.random.default_rng(3)
-    scores = torch.from_numpy(rng.integers(0, 4, size=(5, 30)).astype(np.float32))
-    parts = [select_topk(scores[:, a:b], 4, index_offset=a) for a, b in plan_blocks(30, 7)]
-    merged = merge_topk(parts, 4)
-    full = select_topk(scores, 4)
-    assert torch.equal(merged[1], full[1])
-    assert torch.equal(merged[0], full[0])
+@pytest.mark.parametrize("g", [1, 4, 16])
+def test_group_cut_is_exact_on_float_vectors(g: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = FullRowCounter(monkeypatch)
+    rng = np.random.default_rng(5)
+    users, items = _dyadic_vectors(rng, 40, 6), _dyadic_vectors(rng, 300, 6)
+    seen = [set(rng.choice(300, size=rng.integers(0, 60), replace=False).tolist()) for _ in users]
+    rows, cols = exclusion_pairs([np.array(sorted(s), dtype=np.int64) for s in seen])
+    vals, idx = topk_scores(
+        torch.from_numpy(users),
+        torch.from_numpy(items),
+        7,
+        exclude_rows=rows,
+        exclude_items=cols,
+        user_block_size=16,
+        item_block_size=64,
+        group_size=g,
+    )
+    assert _as_lists(vals, idx) == brute_force_topk(users, items, 7, seen)
+    # Most rows are decided by the group cut (the path under test), not scored in full.
+    assert counter.rows < 10
+
+
+def test_ties_inside_the_chosen_groups_break_by_item_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counter = FullRowCounter(monkeypatch)
+    # Groups of 4; user [1]: group maxima 5, 4, 3, 2 (distinct: the cut is decided), and
+    # three items tie at 5 in the first group.
+    scores = [5, 5, 1, 5, 4, 0, 4, 0, 3, 3, 3, 3, 2, 2, 2, 2]
+    items = torch.tensor([[float(x)] for x in scores])
+    users = torch.tensor([[1.0], [0.0]])  # the second user ties everywhere (zero vector)
+    vals, idx = topk_scores(users, items, 2, group_size=4, item_block_size=8)
+    assert idx[0].tolist() == [0, 1] and vals[0].tolist() == [5.0, 5.0]
+    assert idx[1].tolist() == [0, 1] and vals[1].tolist() == [0.0, 0.0]
+    # Without item 1: 0 and 3 tie at 5, then 4 and 6 tie at 4 (the cut 3 > 2 is decided).
+    vals, idx = topk_scores(users, items, 3, group_size=4, exclude_rows=[0], exclude_items=[1])
+    assert idx[0].tolist() == [0, 3, 4] and vals[0].tolist() == [5.0, 5.0, 4.0]
+    assert idx[1].tolist() == [0, 1, 2]
+    assert counter.rows == 2  # only the zero user, twice
+
+
+def test_a_cut_within_rounding_is_scored_in_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = FullRowCounter(monkeypatch)
+    eps = float(np.finfo(np.float32).eps)
+    # The best items of groups 0 and 1 differ by one ulp (less than the rounding margin).
+    items = torch.tensor([[1.0], [0.5], [1.0 + eps], [0.25]])
+    assert eps < rounding_margin(1) * (1.0 + eps)
+    vals, idx = topk_scores(torch.tensor([[1.0]]), items, 1, group_size=2)
+    assert idx.tolist() == [[2]] and vals.tolist() == [[1.0 + eps]]
+    assert counter.rows == 1
+
+
+def test_candidates_with_exclusions_equal_brute_force() -> None:
+    rng = np.random.default_rng(9)
+    users, items = _int_vectors(rng, 12, 3), _int_vectors(rng, 50, 3)
+    mask = rng.random(50) < 0.3
+    seen = [set(rng.choice(50, size=8, replace=False).tolist()) for _ in range(12)]
+    rows, cols = exclusion_pairs([np.array(sorted(s), dtype=np.int64) for s in seen])
+    for k in (1, 4, 60):
+        vals, idx = topk_scores(
+            torch.from_numpy(users),
+            torch.from_numpy(items),
+            k,
+            exclude_rows=rows,
+            exclude_items=cols,
+            candidates=torch.from_numpy(mask),
+            group_size=4,
+        )
+        assert vals.shape == (12, min(k, 50))
+        not_cand = {i for i in range(50) if not mask[i]}
+        assert _as_lists(vals, idx) == brute_force_topk(
+            users, items, k, [s | not_cand for s in seen]
+        )
+    none = topk_scores(
+        torch.from_numpy(users),
+        torch.from_numpy(items),
+        3,
+        candidates=torch.zeros(50, dtype=torch.bool),
+    )
+    assert none[0].shape == (12, 3) and not bool(torch.isfinite(none[0]).any())
 
 
 def test_candidates_mask() -> None:
@@ -142,6 +258,14 @@ def test_dimension_mismatch_and_nan_are_clear_errors() -> None:
         topk_scores(torch.zeros(2, 3), torch.zeros(4, 2), 1)
     with pytest.raises(ValueError, match="finite"):
         topk_scores(torch.full((2, 2), float("nan")), torch.zeros(4, 2), 1)
+    with pytest.raises(ValueError, match="group_size must be >= 1, found 0"):
+        topk_scores(torch.zeros(2, 2), torch.zeros(4, 2), 1, group_size=0)
+    with pytest.raises(
+        ValueError, match=r"candidates must be a mask of shape \(4,\), found \(3,\)"
+    ):
+        topk_scores(
+            torch.zeros(2, 2), torch.zeros(4, 2), 1, candidates=torch.ones(3, dtype=torch.bool)
+        )
 
 
 def test_reserve_slots_brings_in_best_cold_items() -> None:
@@ -160,3 +284,23 @@ def test_reserve_slots_brings_in_best_cold_items() -> None:
     cvals2, cidx2 = topk_scores(users, items, 2, candidates=is_cold)
     _, i2 = reserve_slots(vals, idx, cvals2, cidx2, is_cold, 2)
     assert i2[0].tolist() == [0, 1, 7, 6]
+
+
+def test_config_defaults_are_the_kernel_defaults() -> None:
+    from recspark.recommend.config import RecommendConfig
+    from recspark.recommend.transforms import ScoreParams
+
+    for params in (RecommendConfig(), ScoreParams()):
+        assert params.user_block_size == kernel.USER_BLOCK_SIZE
+        assert params.item_block_size == kernel.ITEM_BLOCK_SIZE
+        assert params.group_size == kernel.GROUP_SIZE
+
+
+def test_score_params_carry_every_kernel_setting() -> None:
+    from recspark.recommend.config import RecommendConfig
+    from recspark.recommend.job import score_params
+
+    rc = RecommendConfig(user_block_size=3, item_block_size=5, group_size=7, torch_threads=2)
+    params = score_params(rc)
+    assert (params.user_block_size, params.item_block_size, params.group_size) == (3, 5, 7)
+    assert params.torch_threads == 2

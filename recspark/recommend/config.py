@@ -15,11 +15,17 @@ class RecommendConfig:
     exclude_seen: bool = True
     # Places of each list kept for items with no interactions yet (0 disables).
     cold_item_slots: int = 1
-    # Users per matrix product inside a task, and items per block (partial top-Ks are merged):
-    # a task holds one user_block_size x item_block_size float32 score matrix at a time.
-    user_block_size: int = 2048
-    item_block_size: int = 32768
-    # torch threads per Spark task (Spark already runs one task per core).
+    # Users per matrix product inside a task, and items per block: a task holds one
+    # user_block_size x item_block_size float32 score matrix at a time, reduced to the best
+    # score of each group of consecutive items while it is in cache (see kernel.topk_scores).
+    # The defaults (the kernel's; not imported, to keep torch out of config loading) keep that
+    # matrix (2 MB) in a core's cache.
+    user_block_size: int = 256
+    item_block_size: int = 2048
+    # Consecutive items per group (the unit of the kernel's first, in-cache selection).
+    group_size: int = 16
+    # Threads per Spark task scoring user blocks side by side, one torch thread each (Spark
+    # already runs one task per core, so 1 unless tasks get several cores).
     torch_threads: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Write a readable reason per row ("because you liked <title>").
@@ -30,6 +36,6 @@ class RecommendConfig:
             raise ValueError(f"k must be >= 1, found {self.k}")
         if self.cold_item_slots < 0:
             raise ValueError(f"cold_item_slots must be >= 0, found {self.cold_item_slots}")
-        for name in ("user_block_size", "item_block_size", "torch_threads"):
+        for name in ("user_block_size", "item_block_size", "group_size", "torch_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")

@@ -32,6 +32,7 @@ def score_params(rc: RecommendConfig) -> ScoreParams:
         cold_item_slots=rc.cold_item_slots,
         user_block_size=rc.user_block_size,
         item_block_size=rc.item_block_size,
+        group_size=rc.group_size,
         torch_threads=rc.torch_threads,
         reasons=rc.reasons,
         device=pick_device(rc.device).type,

@@ -3,8 +3,9 @@
 Users are partitioned across executors (``mapInPandas`` over the user DataFrame's
 partitions); the item vectors travel once per executor as a broadcast ``ItemIndex``. Inside a
 task, users are scored in blocks of ``user_block_size`` against item blocks of
-``item_block_size`` whose partial top-K lists are merged (``recspark.recommend.kernel``), so a
-task never holds more than one ``user_block_size x item_block_size`` score matrix.
+``item_block_size``, each score block reduced to group maxima while in cache and the exact
+top-K found among the best groups (``recspark.recommend.kernel.topk_scores``), so a task never
+holds more than one ``user_block_size x item_block_size`` score matrix.
 
 Users without a vector (cold users) get popular items, within the category they interacted with
 most when known. Every function here is pure: DataFrames and typed values in, DataFrame out. The
@@ -26,7 +27,15 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
 
 from recspark.errors import SchemaError
-from recspark.recommend.kernel import exclusion_pairs, pick_device, reserve_slots, topk_scores
+from recspark.recommend.kernel import (
+    GROUP_SIZE,
+    ITEM_BLOCK_SIZE,
+    USER_BLOCK_SIZE,
+    exclusion_pairs,
+    pick_device,
+    reserve_slots,
+    topk_scores,
+)
 from recspark.schema import (
     CATEGORY,
     GENERATED_AT,
@@ -137,8 +146,9 @@ class ScoreParams:
     k: int = 10
     exclude_seen: bool = True
     cold_item_slots: int = 0
-    user_block_size: int = 2048
-    item_block_size: int = 32768
+    user_block_size: int = USER_BLOCK_SIZE
+    item_block_size: int = ITEM_BLOCK_SIZE
+    group_size: int = GROUP_SIZE
     torch_threads: int = 1
     reasons: bool = True
     device: str = "cpu"
@@ -227,7 +237,7 @@ def score_batches(
     Yields:
         frames with ``user_id``, ``rank`` (1..n), ``item_id``, ``score``, ``reason``.
     """
-    torch.set_num_threads(max(1, params.torch_threads))
+    torch.set_num_threads(1)  # torch_threads > 1: that many threads score user blocks
     pos = {item: i for i, item in enumerate(index.ids)}
     ids = np.asarray(index.ids, dtype=object)
     device = pick_device(params.device)
@@ -254,15 +264,16 @@ def score_batches(
             for s in pdf[seen_col]
         ]
         rows, cols = exclusion_pairs(seen) if params.exclude_seen else (None, None)
-        ub, ib = params.user_block_size, params.item_block_size
         vals, idx = topk_scores(
             users_t,
             items_t,
             params.k,
             exclude_rows=rows,
             exclude_items=cols,
-            user_block_size=ub,
-            item_block_size=ib,
+            user_block_size=params.user_block_size,
+            item_block_size=params.item_block_size,
+            group_size=params.group_size,
+            workers=params.torch_threads,
         )
         if params.cold_item_slots > 0 and any_cold:
             cvals, cidx = topk_scores(
@@ -272,8 +283,10 @@ def score_batches(
                 exclude_rows=rows,
                 exclude_items=cols,
                 candidates=cold_t,
-                user_block_size=ub,
-                item_block_size=ib,
+                user_block_size=params.user_block_size,
+                item_block_size=params.item_block_size,
+                group_size=params.group_size,
+                workers=params.torch_threads,
             )
             vals, idx = reserve_slots(vals, idx, cvals, cidx, cold_t, params.cold_item_slots)
         v, ix = vals.cpu().numpy(), idx.cpu().numpy()
