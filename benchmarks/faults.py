@@ -2,16 +2,19 @@
 
     .venv/bin/python benchmarks/faults.py --out /tmp/recspark-faults
     .venv/bin/python benchmarks/faults.py --stages ingest train --quick
+    .venv/bin/python benchmarks/faults.py --out /tmp/recspark-faults --reuse  # same baselines
 
 On a small generated data set it first runs the pipeline uninterrupted, keeping a copy of the
 warehouse after each stage (``empty``, ``first_load`` = ingest of half the event files,
 ``ingested`` = ingest of all of them, a MERGE into the existing tables, ``embedded``,
 ``trained``, ``recommended``). Then, for each (stage, kill point) of
-``recspark.faults.plan_kills``, it copies the snapshot before the stage, starts
-``.venv/bin/recspark <stage>``, SIGKILLs its whole process group at the kill point, runs the
-stage again and compares the stage's tables with the snapshot after it (sorted contents by
-key, run ids and write times ignored). A mismatch is followed by an uninterrupted control run
-from the same snapshot, to tell a lost write from a stage that is not deterministic.
+``recspark.faults.plan_kills`` (taking the stages in turn, so that a run stopped with Ctrl-C
+has tried every stage; it still prints the totals so far), it copies the snapshot before the
+stage, starts ``.venv/bin/recspark <stage>``, SIGKILLs its whole process group at the kill
+point, runs the stage again and compares the stage's tables with the snapshot after it
+(sorted contents by key, run ids and write times ignored). A mismatch is followed by an
+uninterrupted control run from the same snapshot, to tell a lost write from a stage that is
+not deterministic.
 
 Then: two ``ingest`` processes at the same time (from an empty warehouse and incrementally),
 and the error cases (full and read-only warehouse, missing and unreadable model folder,
@@ -25,6 +28,7 @@ duplicates (must be 0).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -105,19 +109,28 @@ def fail(run: FX.StageRun, what: str) -> None:
     sys.exit(f"{what} failed (exit {run.returncode}):\n{run.stderr_tail}")
 
 
-def build_snapshots(b: Bench, stages_needed: set[str]) -> None:
+def build_snapshots(b: Bench, stages_needed: set[str], reuse: bool = False) -> None:
+    """The uninterrupted run's warehouse after each stage (``reuse``: those already made)."""
     wh = str(b.out / "baseline")
-    FX.copy_warehouse(str(b.out / "nothing"), wh)
     b.snapshots["empty"] = str(b.out / "snap_empty")
-    FX.copy_warehouse(wh, b.snapshots["empty"])
+    FX.copy_warehouse(str(b.out / "nothing"), b.snapshots["empty"])
+    previous = b.snapshots["empty"]
     for name, stage in FX.SNAPSHOT_CHAIN[1:]:
         if name not in stages_needed:
             break
+        kept = b.out / f"snap_{name}"
+        done = b.out / f"snap_{name}.done"
+        if reuse and done.exists():
+            b.snapshots[name] = previous = str(kept)
+            log(f"  baseline {name:<12} reused")
+            continue
+        FX.copy_warehouse(previous, wh)
         run = b.run(stage, wh, events=b.events_for(name))
         if run.returncode != 0:
             fail(run, f"baseline {stage} -> {name}")
-        b.snapshots[name] = str(b.out / f"snap_{name}")
-        FX.copy_warehouse(wh, b.snapshots[name])
+        b.snapshots[name] = previous = str(kept)
+        FX.copy_warehouse(wh, str(kept))
+        done.touch()
         log(f"  baseline {name:<12} {run.seconds:6.1f}s  ({stage})")
 
 
@@ -130,8 +143,24 @@ def diff_line(diffs: list[FX.TableDiff]) -> tuple[int, int, int, int]:
     )
 
 
-def run_matrix(spark: SparkSession, b: Bench, cases: list[FX.FaultCase]) -> dict[str, int]:
-    totals = {"cases": 0, "killed": 0, "survived": 0, "lost": 0, "duplicates": 0, "leftovers": 0}
+def interleave(cases: list[FX.FaultCase]) -> list[FX.FaultCase]:
+    """One case of each stage in turn (pipeline order within a stage), so that a run stopped
+    early has tried every stage."""
+    by_stage: dict[str, list[FX.FaultCase]] = {}
+    for c in cases:
+        by_stage.setdefault(c.stage, []).append(c)
+    out: list[FX.FaultCase] = []
+    while any(by_stage.values()):
+        for queue in by_stage.values():
+            if queue:
+                out.append(queue.pop(0))
+    return out
+
+
+def run_matrix(
+    spark: SparkSession, b: Bench, cases: list[FX.FaultCase], totals: dict[str, int]
+) -> None:
+    """Run each case, adding to ``totals`` as it goes (a stopped run keeps what it found)."""
     log(
         f"{'case':<62} {'kill@s':>7} {'rerun':>6} {'resumed':>11} "
         f"{'lost':>5} {'dup':>4} {'extra':>5} {'chg':>4}  verdict"
@@ -176,7 +205,6 @@ def run_matrix(spark: SparkSession, b: Bench, cases: list[FX.FaultCase]) -> dict
             f"{lost:>5} {dup:>4} {extra:>5} {chg:>4}  {verdict}"
         )
         shutil.rmtree(wh, ignore_errors=True)
-    return totals
 
 
 def concurrent_ingest(spark: SparkSession, b: Bench, base: str, expect: str) -> tuple[int, int]:
@@ -238,10 +266,16 @@ def error_cases(spark: SparkSession, b: Bench) -> None:
         wh, keep = str(b.out / "full_wh"), str(b.out / "full_kept")
         for d in (wh, keep):
             FX.copy_warehouse(str(b.out / "nothing"), d)
+        size_kb = 160
         cmd = FX.sandbox_command(
-            "full", wh, b.cmd("ingest", wh, b.events_for("first_load")), euid=euid, keep=keep
+            "full",
+            wh,
+            b.cmd("ingest", wh, b.events_for("first_load")),
+            euid=euid,
+            size_kb=size_kb,
+            keep=keep,
         )
-        show("full warehouse (160 KiB)", b.run("ingest", wh, cmd=cmd))
+        show(f"full warehouse ({size_kb} KiB)", b.run("ingest", wh, cmd=cmd))
         # Committed tables must hold rows of the uninterrupted run only, each once (an
         # earlier commit may lack later rows); the failed write must be invisible.
         bad, committed = 0, []
@@ -326,6 +360,36 @@ def error_cases(spark: SparkSession, b: Bench) -> None:
             log("  corrupted checkpoint       skipped: the kill came before a checkpoint")
 
 
+MANIFEST = "bench.json"
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def make_data(b: Bench, events: int) -> None:
+    gen = FX.stage_command(
+        RECSPARK,
+        "generate",
+        CONFIG,
+        [
+            f"generate.output={b.data}",
+            f"generate.events={events}",
+            f"generate.users={max(events // 60, 20)}",
+            f"generate.items={max(events // 50, 30)}",
+            "generate.bot_users=0",
+            "generate.files=4",
+        ],
+    )
+    run = FX.run_stage(gen, str(b.out), str(b.out / "logs"), cwd=str(ROOT), timeout=b.timeout)
+    if run.returncode != 0:
+        fail(run, "generate")
+    log(f"data: {events} events ({run.summary.get('read')} records), launcher {b.launcher}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="/tmp/recspark-faults")
@@ -336,30 +400,27 @@ def main() -> None:
     ap.add_argument("--skip-errors", action="store_true")
     ap.add_argument("--skip-concurrent", action="store_true")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per stage run")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the data and the uninterrupted runs' snapshots of an earlier run with the "
+        "same --out, --events and --launcher (else they are made again)",
+    )
     args = ap.parse_args()
 
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "nothing").mkdir(parents=True)
+    manifest = {"events": args.events, "launcher": args.launcher}
+    reuse = args.reuse and _read_json(out / MANIFEST) == manifest
+    if not reuse:
+        shutil.rmtree(out, ignore_errors=True)
+    (out / "nothing").mkdir(parents=True, exist_ok=True)
     b = Bench(out, out / "data", args.launcher, args.timeout, {})
     t0 = time.perf_counter()
-    gen = FX.stage_command(
-        RECSPARK,
-        "generate",
-        CONFIG,
-        [
-            f"generate.output={b.data}",
-            f"generate.events={args.events}",
-            f"generate.users={max(args.events // 60, 20)}",
-            f"generate.items={max(args.events // 50, 30)}",
-            "generate.bot_users=0",
-            "generate.files=4",
-        ],
-    )
-    run = FX.run_stage(gen, str(out), str(out / "logs"), cwd=str(ROOT), timeout=args.timeout)
-    if run.returncode != 0:
-        fail(run, "generate")
-    log(f"data: {args.events} events ({run.summary.get('read')} records), launcher {args.launcher}")
+    if reuse:
+        log(f"data and snapshots of the earlier run in {out} ({args.events} events)")
+    else:
+        make_data(b, args.events)
+        (out / MANIFEST).write_text(json.dumps(manifest))
 
     points = dict(FX.KILL_POINTS)
     if args.quick:
@@ -370,7 +431,7 @@ def main() -> None:
             "recommend": (1,),
         }
         points = {s: tuple(FX.KILL_POINTS[s][i] for i in quick[s]) for s in FX.KILL_POINTS}
-    cases = FX.plan_kills(args.stages, points, first_load_points=0 if args.quick else 2)
+    cases = interleave(FX.plan_kills(args.stages, points, first_load_points=0 if args.quick else 2))
     needed = {c.expect for c in cases} | {"first_load", "ingested"}
     if not args.skip_errors:
         needed |= {"embedded"}
@@ -378,30 +439,34 @@ def main() -> None:
     last = max(order.index(n) for n in needed)
     needed = set(order[: last + 1])
     log(f"baseline (uninterrupted) runs: {', '.join(order[1 : last + 1])}")
-    build_snapshots(b, needed)
+    build_snapshots(b, needed, reuse)
 
+    totals = {"cases": 0, "killed": 0, "survived": 0, "lost": 0, "duplicates": 0, "leftovers": 0}
+    stopped = ""
     spark = build_session(load_config(CONFIG, ["spark.driver_memory=2g"]))
     try:
         log(f"\nkill matrix: {len(cases)} cases (SIGKILL of the whole process group, then rerun)")
-        totals = run_matrix(spark, b, cases)
-        conc_lost = conc_dup = 0
+        run_matrix(spark, b, cases, totals)
         if not args.skip_concurrent:
             log("\nconcurrent writers (two `recspark ingest` processes, same warehouse):")
             for base, expect in (("empty", "first_load"), ("first_load", "ingested")):
                 lost, dup = concurrent_ingest(spark, b, base, expect)
-                conc_lost += lost
-                conc_dup += dup
+                totals["lost"] += lost
+                totals["duplicates"] += dup
         if not args.skip_errors:
             log("\nerror cases (expected: non-zero exit, one `recspark: error:` line):")
             error_cases(spark, b)
+    except KeyboardInterrupt:
+        stopped = " (STOPPED EARLY: totals of the cases done)"
     finally:
         spark.stop()
     log(
         f"\nkills survived: {totals['survived']}/{totals['killed']} kills "
-        f"({totals['cases']} cases, {totals['cases'] - totals['killed']} kill points missed); "
-        f"records lost: {totals['lost'] + conc_lost}; duplicates: "
-        f"{totals['duplicates'] + conc_dup}; processes left after kills: {totals['leftovers']}; "
-        f"{time.perf_counter() - t0:.0f}s"
+        f"({totals['cases']} of {len(cases)} cases run, "
+        f"{totals['cases'] - totals['killed']} kill points missed); "
+        f"records lost: {totals['lost']}; duplicates: {totals['duplicates']}; "
+        f"processes left after kills: {totals['leftovers']}; "
+        f"{time.perf_counter() - t0:.0f}s{stopped}"
     )
 
 

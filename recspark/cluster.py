@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from recspark.config import redact_command
 from recspark.errors import ConfigError, LaunchError
 
 LOCALHOST = "127.0.0.1"
@@ -444,9 +445,10 @@ def first_error(path: Path) -> str:
 def launch_failure(
     what: str, cmd: Sequence[str], code: int | None, logs: Sequence[Path], lines: int = TAIL_LINES
 ) -> LaunchError:
-    """A LaunchError naming the command, its exit code and the tail of each of its logs."""
+    """A LaunchError naming the command (secrets redacted), its exit code and the tail of each
+    of its logs."""
     status = "timed out" if code is None else f"exit code {code}"
-    parts = [f"{what} failed ({status}): {shlex.join(cmd)}"]
+    parts = [f"{what} failed ({status}): {shlex.join(redact_command(cmd))}"]
     for log in logs:
         first = first_error(log)
         if first:
@@ -507,7 +509,7 @@ def _popen(
             start_new_session=True,
         )
     except OSError as e:
-        raise LaunchError(f"cannot start {shlex.join(cmd)}: {e}") from e
+        raise LaunchError(f"cannot start {shlex.join(redact_command(cmd))}: {e}") from e
 
 
 def _start(cmd: list[str], env: Mapping[str, str], log: IO[bytes]) -> subprocess.Popen[bytes]:

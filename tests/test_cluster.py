@@ -283,6 +283,21 @@ def test_launch_failure_names_command_exit_code_first_error_and_tail(tmp_path: P
     assert "(timed out)" in str(missing) and "(empty)" in str(missing)
 
 
+def test_launch_failure_redacts_secrets_in_the_command(tmp_path: Path) -> None:
+    cmd = [
+        "spark-submit",
+        "--conf",
+        "spark.hadoop.fs.s3a.secret.key=hunter2",
+        "--set",
+        "input.events=s3a://me:pa55@bucket/events?sig=abc",
+        "--conf",
+        "spark.executor.memory=1g",
+    ]
+    text = str(C.launch_failure("spark-submit of stage ingest", cmd, 1, [tmp_path / "none.log"]))
+    assert "hunter2" not in text and "pa55" not in text and "sig=abc" not in text
+    assert "spark.hadoop.fs.s3a.secret.key=***" in text and "spark.executor.memory=1g" in text
+
+
 # ---------------------------------------------------------------- shipping code to executors
 
 
