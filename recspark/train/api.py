@@ -42,7 +42,14 @@ from recspark.errors import ConfigError, InputError, ModelError, SchemaError
 from recspark.schema import CATEGORY, EMBEDDING, ITEM_ID, USER_ID
 from recspark.train import dataset as ds
 from recspark.train.launch import run_training
-from recspark.train.loop import META_FILE, MODEL_FILE, TrainSpec, checkpoint_path, load_checkpoint
+from recspark.train.loop import (
+    META_FILE,
+    MODEL_FILE,
+    TrainSpec,
+    checkpoint_path,
+    load_checkpoint,
+    write_atomic,
+)
 from recspark.train.model import ModelShape
 from recspark.train.plan import plan_launch
 from recspark.train.tracking import default_tracking_uri, log_training
@@ -108,16 +115,7 @@ def _result(model_dir: str, meta: dict[str, Any], resumed_from: str | None) -> T
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``path`` through a temporary file and a rename: readers (and a rerun after a kill)
     see the old content or the new, never part of it."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def work_dir(root: str) -> str:

@@ -22,9 +22,10 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -243,20 +244,25 @@ def _dummy_batch(history_len: int) -> dict[str, np.ndarray]:
     }
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` to a temporary file beside ``path``, flush it to disk, then rename it over
+def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, flush it to disk, then rename it over
     ``path``: a kill at any moment leaves the previous file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` of ``obj`` to ``path`` through :func:`write_atomic`."""
+    write_atomic(path, lambda fh: torch.save(obj, fh))
 
 
 def checkpoint_path(model_dir: str) -> Path:
@@ -461,9 +467,8 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
             "digest": digest,
             **spec.extra_meta,
         }
-        tmp = out / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, out / META_FILE)
+        text = json.dumps(meta, indent=2, sort_keys=True, default=str)
+        write_atomic(out / META_FILE, lambda fh: fh.write(text.encode("utf-8")))
     return {
         "rank": comm.rank,
         "size": comm.size,
