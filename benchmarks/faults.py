@@ -295,6 +295,9 @@ def error_cases(spark: SparkSession, b: Bench) -> None:
             f"rerun with space: exit {rerun.returncode}, "
             + ("equal to the uninterrupted run" if all(d.equal for d in diffs) else "DIFFERENT")
         )
+        for d in diffs:
+            if not d.equal:
+                log(f"    {d}")
 
     # Read-only warehouse: a read-only bind mount (root ignores chmod).
     wh = str(b.out / "ro_wh")

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from delta.tables import DeltaTable
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 
 from recspark.errors import (
@@ -96,7 +97,20 @@ def table_path(warehouse: str, name: str) -> str:
 
 
 def exists(spark: SparkSession, path: str) -> bool:
-    return bool(DeltaTable.isDeltaTable(spark, path))
+    """Whether a Delta table with at least one commit is at ``path``.
+
+    ``isDeltaTable`` answers from the session's cached log of the path without refreshing it:
+    once it has seen an empty ``_delta_log`` (what a first write killed or failed before its
+    commit leaves), it says False even after another process has created the table. Loading
+    the table refreshes that log, so a False is checked that way.
+    """
+    if DeltaTable.isDeltaTable(spark, path):
+        return True
+    try:
+        spark.read.format("delta").load(path)  # analysing the load refreshes the cached log
+    except AnalysisException:
+        return False
+    return True
 
 
 def read(spark: SparkSession, warehouse: str, name: str) -> DataFrame:

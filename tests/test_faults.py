@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -232,6 +233,26 @@ def test_corrupt_checkpoint_is_a_one_line_error_naming_it(tmp_path: Path) -> Non
 # Delta writes under concurrency (in-process, tiny tables)
 
 _KV = StructType([StructField("k", StringType(), False), StructField("v", LongType(), True)])
+
+
+def test_a_table_another_process_creates_after_a_failed_first_write_is_seen(
+    spark: SparkSession, warehouse: str, tmp_path: Path
+) -> None:
+    # A first write that died before its commit leaves an empty _delta_log; the session then
+    # caches "no table" for the path. Another process creating the table (here: its files
+    # copied in) must be seen, or a rerun would create it again and comparisons read nothing.
+    path = T.table_path(warehouse, "silver/kv")
+    os.makedirs(os.path.join(path, "_delta_log"))
+    assert not T.exists(spark, path)
+    elsewhere = str(tmp_path / "made_elsewhere")
+    spark.createDataFrame([("a", 1), ("b", 2)], _KV).write.format("delta").save(elsewhere)
+    shutil.rmtree(path)
+    shutil.copytree(elsewhere, path)
+    assert T.exists(spark, path)
+    assert sorted(FX.read_rows(spark, warehouse, "silver/kv") or [], key=str) == [
+        {"k": "a", "v": 1},
+        {"k": "b", "v": 2},
+    ]
 
 
 def test_merge_new_counts_its_own_commit_and_concurrent_merges_add_no_duplicates(
