@@ -89,8 +89,12 @@ def read_raw(spark: SparkSession, path: str, fmt: Format = "auto") -> DataFrame:
     kind = detect_format(files, fmt)
     if kind == "jsonl":
         df = spark.read.option("lineSep", "\n").text(files)
+        # Bytes that are not UTF-8 become U+FFFD; the regex runs only on the rare lines that
+        # need it (on every line it cost as much as reading the line).
+        line = F.make_valid_utf8(F.col("value"))
+        strip = line.startswith("\ufeff") | line.endswith("\r")
         return df.select(
-            F.regexp_replace(F.col("value"), "^\ufeff|\r$", "").alias(S.RAW),
+            F.when(strip, F.regexp_replace(line, "^\ufeff|\r$", "")).otherwise(line).alias(S.RAW),
             F.col("_metadata.file_path").alias(S.SOURCE_FILE),
         )
     return read_parquet_raw(spark, files)

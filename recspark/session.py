@@ -20,6 +20,15 @@ def redact(conf: Mapping[str, str]) -> dict[str, str]:
     return {k: (REDACTED if is_secret_key(k) else redact_text(v)) for k, v in conf.items()}
 
 
+# Spark's generated code for wide rows (ingest's validation is one method of several thousand
+# bytecodes) exceeds HotSpot's 8,000-byte limit for JIT compilation, and then runs interpreted
+# for the whole job: validating 1M events took 6.5 s instead of 1.8 s. This lets the JIT compile
+# them. It takes effect where the JVM starts after this config (local mode, spark-submit client
+# mode's executors); on Databricks set it in the cluster's Spark config.
+_COMPILE_HUGE_METHODS = "-XX:-DontCompileHugeMethods"
+_JVM_OPTION_KEYS = ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions")
+
+
 def spark_settings(
     cfg: SparkConfig, jars: list[str] | None, python: str | None = None
 ) -> dict[str, str]:
@@ -54,6 +63,11 @@ def spark_settings(
         conf["spark.pyspark.python"] = python
         conf["spark.pyspark.driver.python"] = python
     conf.update(cfg.conf)
+    for key in _JVM_OPTION_KEYS:
+        # Appended to the user's options, never replacing them.
+        options = conf.get(key, "")
+        if _COMPILE_HUGE_METHODS not in options.split():
+            conf[key] = f"{options} {_COMPILE_HUGE_METHODS}".strip()
     return conf
 
 

@@ -235,6 +235,21 @@ def test_spark_settings_are_a_pure_function_of_config() -> None:
     assert "spark.pyspark.python" not in spark_settings(remote, None, python="/v/bin/python")
 
 
+def test_jvm_may_compile_spark_s_huge_generated_methods_and_user_options_are_kept() -> None:
+    conf = spark_settings(SparkConfig(), None)
+    assert conf["spark.driver.extraJavaOptions"] == "-XX:-DontCompileHugeMethods"
+    assert conf["spark.executor.extraJavaOptions"] == "-XX:-DontCompileHugeMethods"
+    user = SparkConfig(
+        conf={
+            "spark.driver.extraJavaOptions": "-Dx=1  -XX:-DontCompileHugeMethods",
+            "spark.executor.extraJavaOptions": "-Xss4m",
+        }
+    )
+    conf = spark_settings(user, None)
+    assert conf["spark.driver.extraJavaOptions"] == "-Dx=1  -XX:-DontCompileHugeMethods"
+    assert conf["spark.executor.extraJavaOptions"] == "-Xss4m -XX:-DontCompileHugeMethods"
+
+
 def test_secrets_are_redacted() -> None:
     conf = {"fs.azure.account.key.acct": "s3cr3t", "spark.hadoop.fs.s3a.secret.key": "k", "a": "b"}
     assert redact(conf) == {

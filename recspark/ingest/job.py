@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
@@ -62,24 +60,6 @@ def reconcile(input_name: str, read: int, counts: dict[str, Any]) -> None:
             f"{input_name}: read {read} records but accepted {counts['accepted']} + quarantined "
             f"{counts['quarantined']} + duplicates {counts['duplicates']} = {total}"
         )
-
-
-# Open files per write task when writing silver/events (more dates than this: Spark sorts).
-_OPEN_FILES = "128"
-
-
-@contextmanager
-def _session_conf(spark: SparkSession, key: str, value: str) -> Iterator[None]:
-    """Set a Spark SQL setting for the duration of a block, then restore it."""
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
 
 
 def _ingest_items(
@@ -138,19 +118,19 @@ def _ingest_events(
     counts = summarize(classified)
     reconcile("events", read, counts)
     events = X.to_silver_events(classified.where(F.col(X.STATUS) == "accepted"), run_id=run_id)
-    # One write task per core (the frame is in memory: no recomputation), each writing its
-    # date partitions through open files instead of sorting its rows by date first: fewer,
-    # larger files and no sort.
-    with _session_conf(spark, "spark.sql.maxConcurrentOutputFileWriters", _OPEN_FILES):
-        inserted, created = T.insert_new(
-            spark,
-            events.coalesce(spark.sparkContext.defaultParallelism),
-            cfg.warehouse,
-            T.SILVER_EVENTS,
-            keys=[S.EVENT_KEY],
-            partition_by=[S.EVENT_DATE],
-            rows=counts["accepted"],
-        )
+    # One write task per core (the frame is in memory: no recomputation), each sorting its rows
+    # by date and writing one file per date. (Keeping a file open per date instead of sorting,
+    # spark.sql.maxConcurrentOutputFileWriters, measured 1.5x slower: 7.2 s against 4.9 s for
+    # 900k events over 35 dates.)
+    inserted, created = T.insert_new(
+        spark,
+        events.coalesce(spark.sparkContext.defaultParallelism),
+        cfg.warehouse,
+        T.SILVER_EVENTS,
+        keys=[S.EVENT_KEY],
+        partition_by=[S.EVENT_DATE],
+        rows=counts["accepted"],
+    )
     rejected = X.to_quarantine(
         classified.where(F.col(X.STATUS) == "quarantined"), run_id=run_id, input_name="events"
     )

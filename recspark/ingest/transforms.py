@@ -290,7 +290,10 @@ def flag_bots(df: DataFrame, *, events_per_hour: int, min_busy_hours: int) -> Da
         df: output of :func:`mark_duplicates`.
     """
     flagged = _flag_bots(
-        df, events_per_hour=events_per_hour, min_busy_hours=min_busy_hours, hour_order=()
+        df,
+        events_per_hour=events_per_hour,
+        min_busy_hours=min_busy_hours,
+        hour_order=(S.EVENT_TS,),  # any order: each hour has exactly one first row
     )
     return flagged.drop(HOUR)
 
@@ -303,19 +306,24 @@ def _flag_bots(
     sessions need too."""
     # Windows over the user (no join, no extra shuffle after mark_duplicates' partitioning).
     # The per-hour window is ordered by time (its frame is the whole hour either way), so the
-    # one sort it needs also serves the sessions (see :func:`classify_events`).
+    # one sort it needs also serves the sessions (see :func:`classify_events`). Two window
+    # passes: per hour (its size, and its first row), then per user (busy hours, peak).
     accepted = _accepted_so_far()
-    whole_hour = Window.partitionBy(S.USER_ID, HOUR).orderBy(*hour_order)
+    in_hour = Window.partitionBy(S.USER_ID, HOUR).orderBy(*hour_order)
     per_hour = F.count(HOUR).over(
-        whole_hour.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+        in_hour.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     )
-    busy_hour = F.when(accepted & (F.col("_n") >= events_per_hour), F.col(HOUR))
     by_user = Window.partitionBy(S.USER_ID)
+    # Each busy hour counted once: on its first row.
+    busy_hour = accepted & (F.col("_first") == 1) & (F.col("_n") >= events_per_hour)
     flagged = (
         df.withColumn(HOUR, F.when(accepted, F.date_trunc("hour", F.col(S.EVENT_TS))))
-        .withColumn("_n", per_hour)
-        .withColumn("_busy_hours", F.size(F.collect_set(busy_hour).over(by_user)))
-        .withColumn("_peak", F.max(F.when(accepted, F.col("_n"))).over(by_user))
+        .select("*", per_hour.alias("_n"), F.row_number().over(in_hour).alias("_first"))
+        .select(
+            "*",
+            F.count(F.when(busy_hour, F.lit(1))).over(by_user).alias("_busy_hours"),
+            F.max(F.when(accepted, F.col("_n"))).over(by_user).alias("_peak"),
+        )
     )
     is_bot = accepted & (F.col("_busy_hours") >= min_busy_hours)
     detail = F.format_string(
