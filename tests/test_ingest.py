@@ -90,11 +90,41 @@ def test_bad_event_corpus_every_record_has_its_expected_outcome(spark: SparkSess
     classified = X.classify_events(
         raw, _items(spark), min_ts=WINDOW[0], max_ts=WINDOW[1], bot_events_per_hour=600
     )
-    rows = classified.select(S.RAW, X.STATUS, S.REASON).collect()
+    rows = X.restore_text(classified, raw).select(S.RAW, X.STATUS, S.REASON).collect()
     lines = (DATA / "events_corpus.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(rows) == len(lines)  # nothing lost, nothing multiplied by the catalog join
     got = {r[S.RAW]: _outcome(r.asDict()) for r in rows}
     assert got == dict(zip(lines, expected, strict=True))
+
+
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_restore_text_finds_the_text_classification_did_not_carry(
+    spark: SparkSession, broadcast: bool
+) -> None:
+    def line(user: str, item: str, minute: int) -> str:
+        ts = f"2024-01-01T00:{minute:02d}:00Z"
+        return json.dumps({"user_id": user, "item_id": item, "event_type": "view", "event_ts": ts})
+
+    same = line("u", "gone", 1)
+    lines = [same, same, line("u", "i1", 2), line("v", "gone", 3), '{"user_id": "w"}', "{"]
+    raw = _raw(spark, lines)
+    items = spark.createDataFrame([("i1", "a")], "item_id string, category string")
+    classified = X.classify_events(raw, items, min_ts=WINDOW[0], max_ts=WINDOW[1])
+    # Only the records rejected before the shuffle keep their text (missing field, malformed).
+    carried = {r[S.RAW] for r in classified.collect() if r[S.RAW] is not None}
+    assert carried == {'{"user_id": "w"}', "{"}
+    restored = X.restore_text(classified, raw, broadcast=broadcast)
+    got = sorted((r[S.RAW], r[X.STATUS], r[S.REASON]) for r in restored.collect())
+    assert got == sorted(
+        [
+            (same, "quarantined", X.UNKNOWN_ITEM),
+            (same, "duplicate", None),
+            (lines[2], "accepted", None),
+            (lines[3], "quarantined", X.UNKNOWN_ITEM),
+            ('{"user_id": "w"}', "quarantined", X.MISSING_FIELD),
+            ("{", "quarantined", X.MALFORMED_JSON),
+        ]
+    )
 
 
 def test_validate_normalises_fields(spark: SparkSession) -> None:
@@ -402,6 +432,23 @@ def test_ingest_recovers_injected_counts_is_idempotent_and_adds_only_new_batches
     assert events.select(S.EVENT_KEY).distinct().count() == expected["accepted"]
     quarantine = spark.read.format("delta").load(f"{warehouse}/silver/quarantine")
     assert quarantine.count() == expected["quarantined"]
+    # Every quarantined record keeps its text, also those rejected after the shuffle (bots,
+    # unknown items: looked up again in the input), and each text is a line of its file.
+    lines = {
+        (p.name, line)
+        for p in (tmp_path / "gen" / "events").glob("*.jsonl")
+        for line in p.read_text(encoding="utf-8").split("\n")
+    }
+    late = quarantine.where(F.col(S.REASON).isin(X.BOT, X.UNKNOWN_ITEM))
+    assert late.count() == expected["quarantined_by_reason"]["bot"] + expected[
+        "quarantined_by_reason"
+    ].get("unknown_item", 0)
+    strays = [
+        r
+        for r in quarantine.collect()
+        if (r[S.SOURCE_FILE].rsplit("/", 1)[-1], r[S.RAW]) not in lines
+    ]
+    assert strays == [], strays[:2]
     # Interactions cover exactly the accepted events.
     inter = spark.read.format("delta").load(f"{warehouse}/silver/interactions")
     assert inter.agg(F.sum(S.COUNT)).first()[0] == expected["accepted"]

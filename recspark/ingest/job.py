@@ -62,6 +62,11 @@ def reconcile(input_name: str, read: int, counts: dict[str, Any]) -> None:
         )
 
 
+# Up to this many records rejected after classification's shuffle (bots, unknown items) have
+# their text looked up with a broadcast; more, with a shuffle of the input.
+_BROADCAST_TEXT_LOOKUPS = 500_000
+
+
 def _ingest_items(
     spark: SparkSession, cfg: Config, run_id: str, keep: list[DataFrame]
 ) -> tuple[DataFrame, dict[str, Any], DataFrame]:
@@ -112,8 +117,9 @@ def _ingest_events(
         bot_min_busy_hours=ic.bot.min_busy_hours,
         session_gap_minutes=ic.session_gap_minutes,
     )
-    # One pass classifies every record; what follows reads this frame, not the input.
-    classified = X.keep_text_of_rejected(classified).persist(StorageLevel.MEMORY_AND_DISK)
+    # One pass classifies every record; what follows reads this frame, not the input (but
+    # for the text of records rejected after classification's shuffle: see restore_text).
+    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
     keep.append(classified)
     counts = summarize(classified)
     reconcile("events", read, counts)
@@ -131,9 +137,13 @@ def _ingest_events(
         partition_by=[S.EVENT_DATE],
         rows=counts["accepted"],
     )
-    rejected = X.to_quarantine(
-        classified.where(F.col(X.STATUS) == "quarantined"), run_id=run_id, input_name="events"
+    late = sum(counts["quarantined_by_reason"].get(r, 0) for r in (X.BOT, X.UNKNOWN_ITEM))
+    quarantined = X.restore_text(
+        classified.where(F.col(X.STATUS) == "quarantined"),
+        raw,
+        broadcast=late <= _BROADCAST_TEXT_LOOKUPS,
     )
+    rejected = X.to_quarantine(quarantined, run_id=run_id, input_name="events")
     summary = {
         "input": "events",
         "read": read,

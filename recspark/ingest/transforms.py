@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructField, StructType
 
@@ -17,6 +17,9 @@ from recspark import schema as S
 
 CORRUPT = "_corrupt_record"
 IS_DUPLICATE = "is_duplicate"
+# A 64-bit hash of the record text: carried instead of the text through classification's
+# shuffle (the dedup tie-break, and how the text of a record rejected there is found again).
+RAW_HASH = "raw_hash"
 STATUS = "status"  # accepted | quarantined | duplicate
 
 # Reason codes written to silver/quarantine.
@@ -252,6 +255,25 @@ def event_key(
     )
 
 
+def _dedup_window(tie_col: str) -> WindowSpec:
+    """Records of one event (the fields :func:`event_key` hashes, compared as they are), the
+    earliest first (ties: source file, then ``tie_col``)."""
+    no_id = F.col(S.EVENT_ID).isNull()
+    return Window.partitionBy(
+        S.USER_ID,
+        S.EVENT_ID,
+        F.when(no_id, F.col(S.ITEM_ID)),
+        F.when(no_id, F.col(S.EVENT_TYPE)),
+        F.when(no_id, F.col(S.EVENT_TS)),
+    ).orderBy(F.col(S.EVENT_TS).asc(), F.col(S.SOURCE_FILE).asc(), F.col(tie_col).asc())
+
+
+def _mark_duplicates(validated: DataFrame, *, tie_col: str) -> DataFrame:
+    valid = F.col(S.REASON).isNull()
+    first = F.row_number().over(_dedup_window(tie_col)) == 1
+    return validated.withColumn(IS_DUPLICATE, F.when(valid, ~first).otherwise(F.lit(False)))
+
+
 def mark_duplicates(validated: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
     """Add ``event_key`` and ``is_duplicate`` to validated events.
 
@@ -264,13 +286,8 @@ def mark_duplicates(validated: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
             ``source_file``, the id fields and ``raw``).
     """
     valid = F.col(S.REASON).isNull()
-    keyed = validated.withColumn(S.EVENT_KEY, F.when(valid, event_key()))
-    # Partitioned by user too: the same shuffle then serves bots and sessions.
-    order = Window.partitionBy(S.USER_ID, S.EVENT_KEY).orderBy(
-        F.col(S.EVENT_TS).asc(), F.col(S.SOURCE_FILE).asc(), F.col(raw_col).asc()
-    )
-    first = F.row_number().over(order) == 1
-    return keyed.withColumn(IS_DUPLICATE, F.when(valid, ~first).otherwise(F.lit(False)))
+    marked = _mark_duplicates(validated, tie_col=raw_col)
+    return marked.withColumn(S.EVENT_KEY, F.when(valid, event_key()))
 
 
 def _accepted_so_far() -> Column:
@@ -302,7 +319,7 @@ def _flag_bots(
     df: DataFrame, *, events_per_hour: int, min_busy_hours: int, hour_order: Sequence[str]
 ) -> DataFrame:
     """:func:`flag_bots`, keeping ``_hour``. The rows come out sorted by (user, ``_hour``,
-    *hour_order*) within the user partitioning: with (``event_ts``, ``event_key``), the order
+    *hour_order*) within the user partitioning: with a time order, the one
     sessions need too."""
     # Windows over the user (no join, no extra shuffle after mark_duplicates' partitioning).
     # The per-hour window is ordered by time (its frame is the whole hour either way), so the
@@ -400,7 +417,7 @@ def _sessionize(
     """:func:`sessionize` over the rows where ``member`` holds; the other rows are passed
     through unchanged and ignored (they neither start nor continue a session).
 
-    ``order`` must sort the members as (``event_ts``, ``event_key``) does: a prefix that is a
+    ``order`` must sort the members by time, ties broken deterministically; a prefix that is a
     non-decreasing function of the time (the clock hour) lets the window reuse an earlier sort.
     """
     w = Window.partitionBy(S.USER_ID).orderBy(*order)
@@ -420,17 +437,35 @@ def _sessionize(
     return marked.withColumn(S.SESSION_ID, filled).drop("_start")
 
 
-def keep_text_of_rejected(classified: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
-    """Null the record text of every row that is not quarantined.
+def restore_text(
+    classified: DataFrame, records: DataFrame, *, broadcast: bool = True, raw_col: str = S.RAW
+) -> DataFrame:
+    """Put back the record text that :func:`classify_events` did not carry.
 
-    Only the quarantine keeps the raw record: dropping it from accepted events and duplicates
-    makes the classified frame much smaller to keep in memory.
+    Classification carries the text only of records rejected before its shuffle; the rows
+    without it (a ``bot``, an ``unknown_item``, or any other row) find it in ``records`` by
+    source file and text hash. Identical lines of one file share a hash and a text; two
+    different lines of one file would need equal 64-bit hashes to be confused.
 
     Args:
-        classified: output of :func:`classify_events` (needs ``raw`` and ``status``).
+        classified: rows of :func:`classify_events` (needs ``raw``, ``raw_hash``,
+            ``source_file``); usually the quarantined ones only.
+        records: the input records it classified (``raw``, ``source_file``).
+        broadcast: broadcast the rows to fill (few) instead of shuffling ``records``.
+
+    Returns:
+        ``classified`` with ``raw`` set on every row.
     """
-    kept = F.when(F.col(STATUS) == "quarantined", F.col(raw_col)).alias(raw_col)
-    return classified.select(*[kept if c == raw_col else F.col(c) for c in classified.columns])
+    keys = [S.SOURCE_FILE, RAW_HASH]
+    missing = classified.where(F.col(raw_col).isNull())
+    wanted = missing.select(*keys).distinct()
+    texts = (
+        records.select(F.col(raw_col), S.SOURCE_FILE, F.xxhash64(raw_col).alias(RAW_HASH))
+        .join(F.broadcast(wanted) if broadcast else wanted, keys, "left_semi")
+        .dropDuplicates(keys)
+    )
+    found = missing.drop(raw_col).join(texts, keys, "left").select(*classified.columns)
+    return classified.where(F.col(raw_col).isNotNull()).unionByName(found)
 
 
 def to_silver_events(accepted: DataFrame, *, run_id: str) -> DataFrame:
@@ -510,15 +545,23 @@ def classify_events(
             filled as :func:`sessionize` does (in the same sort as the bot filter).
 
     Returns:
-        One row per input record with the normalised event fields, ``category``,
-        ``event_key``, ``reason``, ``detail``, ``is_duplicate`` and ``status``.
+        One row per input record with the normalised event fields, ``category``, ``reason``,
+        ``detail``, ``is_duplicate``, ``status``, ``event_key`` (accepted events), ``raw``
+        (records rejected before the shuffle only: :func:`restore_text` finds the others)
+        and ``raw_hash``.
     """
     parsed = parse_json_records(raw, S.RAW_EVENT_SCHEMA)
     validated = validate_events(parsed, event_types=event_types, min_ts=min_ts, max_ts=max_ts)
+    # Through the shuffle, a record's text (the widest field) goes only with the records that
+    # are rejected already; the others carry its hash (see :func:`restore_text`).
+    carried = validated.withColumn(RAW_HASH, F.xxhash64(S.RAW)).withColumn(
+        S.RAW, F.when(F.col(S.REASON).isNotNull(), F.col(S.RAW))
+    )
     # One shuffle by user serves dedup, bots and sessions: their windows all partition by
     # the user (and more), which a hash partitioning on the user already satisfies.
-    marked = mark_duplicates(validated.repartition(S.USER_ID))
-    order: tuple[str, ...] = (S.EVENT_TS, S.EVENT_KEY)
+    marked = _mark_duplicates(carried.repartition(S.USER_ID), tie_col=RAW_HASH)
+    # A time order without ties among accepted events (their dedup fields differ).
+    order: tuple[str, ...] = (S.EVENT_TS, S.EVENT_ID, S.ITEM_ID, S.EVENT_TYPE)
     if bot_events_per_hour is not None:
         marked = _flag_bots(
             marked,
@@ -531,10 +574,10 @@ def classify_events(
         marked, items, quarantine_unknown=quarantine_unknown_items, broadcast=broadcast_catalog
     )
     out = with_status(joined)
+    accepted = F.col(STATUS) == "accepted"
     if session_gap_minutes is not None:
-        accepted = F.col(STATUS) == "accepted"
         out = _sessionize(out, gap_minutes=session_gap_minutes, member=accepted, order=order)
-    return out.drop(HOUR)
+    return out.drop(HOUR).withColumn(S.EVENT_KEY, F.when(accepted, event_key()))
 
 
 def event_window(
