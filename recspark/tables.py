@@ -234,6 +234,7 @@ def insert_new(
     keys: Sequence[str],
     partition_by: Sequence[str] = (),
     rows: int | None = None,
+    stats_columns: Sequence[str] = (),
 ) -> tuple[int, bool]:
     """:func:`merge_new`, also saying whether this write created the table (it then holds
     exactly the rows of ``df``).
@@ -241,13 +242,16 @@ def insert_new(
     Args:
         rows: how many rows ``df`` holds, when the caller knows: a table created from ``df``
             then reports it instead of reading its history.
+        stats_columns: when given, a table created here keeps Delta's file statistics (for
+            data skipping) on these columns only (``delta.dataSkippingStatsColumns``): hashes
+            and free text gain nothing from them and cost time at every write.
     """
     path = table_path(warehouse, name)
     cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
 
     def attempt() -> tuple[int, bool]:
         if not exists(spark, path):
-            created = _create(spark, df, path, partition_by, rows=rows)
+            created = _create(spark, df, path, partition_by, rows=rows, stats_columns=stats_columns)
             if created is not None:
                 return created, True
         table = DeltaTable.forPath(spark, path)
@@ -292,11 +296,14 @@ def _create(
     path: str,
     partition_by: Sequence[str],
     rows: int | None = None,
+    stats_columns: Sequence[str] = (),
 ) -> int | None:
     """Create the table at ``path`` from ``df``; the rows written (``rows`` when the caller
     gives it: the table's history is then not read), or None when another writer created it
     first (then the caller MERGEs into it)."""
     writer = df.write.format("delta").mode("errorifexists")
+    if stats_columns:
+        writer = writer.option("delta.dataSkippingStatsColumns", ",".join(stats_columns))
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     try:

@@ -429,6 +429,11 @@ def test_ingest_recovers_injected_counts_is_idempotent_and_adds_only_new_batches
     assert both["inserted"] == expected["accepted"] - first["accepted"]
     events = spark.read.format("delta").load(f"{warehouse}/silver/events")
     assert events.count() == expected["accepted"]
+    # File statistics only on the columns queries filter on (not the key hash, not text).
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{warehouse}/silver/events`").first()
+    assert detail["properties"]["delta.dataSkippingStatsColumns"] == (
+        "user_id,item_id,event_type,event_ts"
+    )
     assert events.select(S.EVENT_KEY).distinct().count() == expected["accepted"]
     quarantine = spark.read.format("delta").load(f"{warehouse}/silver/quarantine")
     assert quarantine.count() == expected["quarantined"]

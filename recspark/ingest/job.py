@@ -62,6 +62,9 @@ def reconcile(input_name: str, read: int, counts: dict[str, Any]) -> None:
         )
 
 
+# The columns of silver/events whose file statistics serve queries (the key is a hash).
+_EVENT_STATS = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.EVENT_TS)
+
 # Up to this many records rejected after classification's shuffle (bots, unknown items) have
 # their text looked up with a broadcast; more, with a shuffle of the input.
 _BROADCAST_TEXT_LOOKUPS = 500_000
@@ -136,13 +139,12 @@ def _ingest_events(
         keys=[S.EVENT_KEY],
         partition_by=[S.EVENT_DATE],
         rows=counts["accepted"],
+        stats_columns=_EVENT_STATS,
     )
+    quarantined = classified.where(F.col(X.STATUS) == "quarantined")
     late = sum(counts["quarantined_by_reason"].get(r, 0) for r in (X.BOT, X.UNKNOWN_ITEM))
-    quarantined = X.restore_text(
-        classified.where(F.col(X.STATUS) == "quarantined"),
-        raw,
-        broadcast=late <= _BROADCAST_TEXT_LOOKUPS,
-    )
+    if late:  # else every quarantined row carries its text: the input is not read again
+        quarantined = X.restore_text(quarantined, raw, broadcast=late <= _BROADCAST_TEXT_LOOKUPS)
     rejected = X.to_quarantine(quarantined, run_id=run_id, input_name="events")
     summary = {
         "input": "events",
