@@ -370,3 +370,12 @@ def test_tasks_install_no_pinned_stack_and_the_clusters_add_what_the_runtime_lac
     for cluster in job["job_clusters"]:
         dests = [s["workspace"]["destination"] for s in cluster["new_cluster"]["init_scripts"]]
         assert [_resolve(d, {}) for d in dests] == [str(INIT_SCRIPT)], cluster["job_cluster_key"]
+
+
+def test_ingest_s_cluster_lets_the_jit_compile_spark_s_large_generated_methods(
+    job: dict[str, Any],
+) -> None:
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
+    conf = clusters[_tasks(job)["ingest"]["job_cluster_key"]]["spark_conf"]
+    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        assert "-XX:-DontCompileHugeMethods" in conf[key].split(), key
