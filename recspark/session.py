@@ -64,9 +64,9 @@ def spark_settings(
         conf["spark.pyspark.driver.python"] = python
     conf.update(cfg.conf)
     for key in _JVM_OPTION_KEYS:
-        # Appended to the user's options, never replacing them.
+        # Appended to the user's options; a user's own choice of this flag wins.
         options = conf.get(key, "")
-        if _COMPILE_HUGE_METHODS not in options.split():
+        if "DontCompileHugeMethods" not in options:
             conf[key] = f"{options} {_COMPILE_HUGE_METHODS}".strip()
     return conf
 

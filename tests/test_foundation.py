@@ -248,6 +248,11 @@ def test_jvm_may_compile_spark_s_huge_generated_methods_and_user_options_are_kep
     conf = spark_settings(user, None)
     assert conf["spark.driver.extraJavaOptions"] == "-Dx=1  -XX:-DontCompileHugeMethods"
     assert conf["spark.executor.extraJavaOptions"] == "-Xss4m -XX:-DontCompileHugeMethods"
+    # A user who wants HotSpot's default keeps it.
+    keep = SparkConfig(conf={"spark.driver.extraJavaOptions": "-XX:+DontCompileHugeMethods"})
+    assert spark_settings(keep, None)["spark.driver.extraJavaOptions"] == (
+        "-XX:+DontCompileHugeMethods"
+    )
 
 
 def test_secrets_are_redacted() -> None:
