@@ -131,31 +131,20 @@ def test_block_and_group_sizes_give_identical_output(ub: int, ib: int, g: int) -
             item_block_size=1000,
             group_size=1000,
         )
-        blocked = topk_scores(
-            users,
-            items,
-            6,
-            exclude_rows=rows,
-            exclude_items=cols,
-            user_block_size=ub,
-            item_block_size=ib,
-            group_size=g,
-        )
-        assert torch.equal(one[1], blocked[1])
-        assert torch.equal(one[0], blocked[0])
-        threaded = topk_scores(
-            users,
-            items,
-            6,
-            exclude_rows=rows,
-            exclude_items=cols,
-            user_block_size=ub,
-            item_block_size=ib,
-            group_size=g,
-            workers=3,
-        )
-        assert torch.equal(one[1], threaded[1])
-        assert torch.equal(one[0], threaded[0])
+        for workers in (1, 3):
+            blocked = topk_scores(
+                users,
+                items,
+                6,
+                exclude_rows=rows,
+                exclude_items=cols,
+                user_block_size=ub,
+                item_block_size=ib,
+                group_size=g,
+                workers=workers,
+            )
+            assert torch.equal(one[1], blocked[1]), workers
+            assert torch.equal(one[0], blocked[0]), workers
         ref = brute_force_topk(users_np, items_np, 6, [set(s.tolist()) for s in seen])
         ref[3] = [(i, 0.0) for i in range(41) if i not in set(seen[3].tolist())][:6]
         assert _as_lists(*blocked) == ref
