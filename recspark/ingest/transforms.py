@@ -294,7 +294,51 @@ def _accepted_so_far() -> Column:
     return F.col(S.REASON).isNull() & ~F.col(IS_DUPLICATE)
 
 
+# Helper columns of classification, dropped before it returns.
 HOUR = "_hour"  # the clock hour of an event still accepted (bots and sessions sort by it)
+KNOWN = "_known"  # true when the event's item is in the catalog, else null
+_HOUR_SIZE = "_n"  # the user's accepted events in that hour
+_HOUR_FIRST = "_first"  # 1 on the first row of the hour
+_BUSY_HOURS = "_busy_hours"
+_PEAK = "_peak"
+_PREVIOUS = "_previous"  # the time of the previous event of the user's sessions
+_HELPERS = (HOUR, KNOWN, _HOUR_SIZE, _HOUR_FIRST, _BUSY_HOURS, _PEAK, _PREVIOUS)
+
+
+def _whole(window: WindowSpec) -> WindowSpec:
+    return window.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+
+
+def _count_hours(df: DataFrame, *, order: Sequence[str]) -> DataFrame:
+    """Add ``_hour`` (events still accepted), the size of each user's hour and a 1 on its
+    first row: one window pass, sorted by (user, ``_hour``, *order*)."""
+    in_hour = Window.partitionBy(S.USER_ID, HOUR).orderBy(*order)
+    return df.withColumn(
+        HOUR, F.when(_accepted_so_far(), F.date_trunc("hour", F.col(S.EVENT_TS)))
+    ).select(
+        "*",
+        F.count(HOUR).over(_whole(in_hour)).alias(_HOUR_SIZE),
+        F.row_number().over(in_hour).alias(_HOUR_FIRST),
+    )
+
+
+def _bot_statistics(*, events_per_hour: int, by_user: WindowSpec) -> list[Column]:
+    """Per user, over :func:`_count_hours`' output: how many hours hold ``events_per_hour``
+    events or more (each counted on its first row), and the largest hour."""
+    accepted = _accepted_so_far()
+    busy = accepted & (F.col(_HOUR_FIRST) == 1) & (F.col(_HOUR_SIZE) >= events_per_hour)
+    return [
+        F.count(F.when(busy, F.lit(1))).over(_whole(by_user)).alias(_BUSY_HOURS),
+        F.max(F.when(accepted, F.col(_HOUR_SIZE))).over(_whole(by_user)).alias(_PEAK),
+    ]
+
+
+def _is_bot(min_busy_hours: int) -> Column:
+    return _accepted_so_far() & (F.col(_BUSY_HOURS) >= min_busy_hours)
+
+
+def _bot_detail() -> Column:
+    return F.format_string("%d busy hours, peak %d events/hour", F.col(_BUSY_HOURS), F.col(_PEAK))
 
 
 def flag_bots(df: DataFrame, *, events_per_hour: int, min_busy_hours: int) -> DataFrame:
@@ -306,85 +350,34 @@ def flag_bots(df: DataFrame, *, events_per_hour: int, min_busy_hours: int) -> Da
     Args:
         df: output of :func:`mark_duplicates`.
     """
-    flagged = _flag_bots(
-        df,
-        events_per_hour=events_per_hour,
-        min_busy_hours=min_busy_hours,
-        hour_order=(S.EVENT_TS,),  # any order: each hour has exactly one first row
-    )
-    return flagged.drop(HOUR)
-
-
-def _flag_bots(
-    df: DataFrame, *, events_per_hour: int, min_busy_hours: int, hour_order: Sequence[str]
-) -> DataFrame:
-    """:func:`flag_bots`, keeping ``_hour``. The rows come out sorted by (user, ``_hour``,
-    *hour_order*) within the user partitioning: with a time order, the one
-    sessions need too."""
-    # Windows over the user (no join, no extra shuffle after mark_duplicates' partitioning).
-    # The per-hour window is ordered by time (its frame is the whole hour either way), so the
-    # one sort it needs also serves the sessions (see :func:`classify_events`). Two window
-    # passes: per hour (its size, and its first row), then per user (busy hours, peak).
-    accepted = _accepted_so_far()
-    in_hour = Window.partitionBy(S.USER_ID, HOUR).orderBy(*hour_order)
-    per_hour = F.count(HOUR).over(
-        in_hour.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    )
-    by_user = Window.partitionBy(S.USER_ID)
-    # Each busy hour counted once: on its first row.
-    busy_hour = accepted & (F.col("_first") == 1) & (F.col("_n") >= events_per_hour)
-    flagged = (
-        df.withColumn(HOUR, F.when(accepted, F.date_trunc("hour", F.col(S.EVENT_TS))))
-        .select("*", per_hour.alias("_n"), F.row_number().over(in_hour).alias("_first"))
-        .select(
-            "*",
-            F.count(F.when(busy_hour, F.lit(1))).over(by_user).alias("_busy_hours"),
-            F.max(F.when(accepted, F.col("_n"))).over(by_user).alias("_peak"),
-        )
-    )
-    is_bot = accepted & (F.col("_busy_hours") >= min_busy_hours)
-    detail = F.format_string(
-        "%d busy hours, peak %d events/hour", F.col("_busy_hours"), F.col("_peak")
-    )
-    return flagged.select(
+    order = (S.EVENT_TS,)  # any order: each hour has exactly one first row
+    counted = _count_hours(df, order=order)
+    by_user = Window.partitionBy(S.USER_ID).orderBy(HOUR, *order)
+    stats = counted.select("*", *_bot_statistics(events_per_hour=events_per_hour, by_user=by_user))
+    is_bot = _is_bot(min_busy_hours)
+    return stats.select(
         *[c for c in df.columns if c not in (S.REASON, S.DETAIL)],
-        HOUR,
         F.when(is_bot, F.lit(BOT)).otherwise(F.col(S.REASON)).alias(S.REASON),
-        F.when(is_bot, detail).otherwise(F.col(S.DETAIL)).alias(S.DETAIL),
+        F.when(is_bot, _bot_detail()).otherwise(F.col(S.DETAIL)).alias(S.DETAIL),
     )
 
 
-def join_catalog(
-    df: DataFrame,
-    items: DataFrame,
-    *,
-    quarantine_unknown: bool = True,
-    broadcast: bool = True,
-) -> DataFrame:
-    """Join events with the catalog (adds ``category``); flag events of unknown items.
+def _look_up_catalog(df: DataFrame, items: DataFrame, *, broadcast: bool) -> DataFrame:
+    """Add ``category`` and ``_known`` (true when ``item_id`` is in the catalog, else null).
 
     Args:
-        df: classified events (needs ``item_id``, ``reason``, ``is_duplicate``).
         items: clean catalog with unique ``item_id`` and ``category``.
-        quarantine_unknown: quarantine accepted events whose item is not in the catalog
-            (``reason = 'unknown_item'``); when false they are kept with a null category.
-        broadcast: broadcast the catalog so the event side is not shuffled.
+        broadcast: broadcast the catalog so that ``df`` is not shuffled.
     """
     catalog = items.select(
         F.col(S.ITEM_ID).alias("_cat_item"),
         F.col(S.CATEGORY).alias("_cat"),
-        F.lit(True).alias("_known"),
+        F.lit(True).alias(KNOWN),
     )
     if broadcast:
         catalog = F.broadcast(catalog)
     joined = df.join(catalog, df[S.ITEM_ID] == catalog["_cat_item"], "left")
-    unknown = _accepted_so_far() & F.col("_known").isNull() & F.lit(quarantine_unknown)
-    return joined.select(
-        *[c for c in df.columns if c not in (S.REASON, S.DETAIL)],
-        F.col("_cat").alias(S.CATEGORY),
-        F.when(unknown, F.lit(UNKNOWN_ITEM)).otherwise(F.col(S.REASON)).alias(S.REASON),
-        F.when(unknown, F.col(S.ITEM_ID)).otherwise(F.col(S.DETAIL)).alias(S.DETAIL),
-    )
+    return joined.select(*df.columns, F.col("_cat").alias(S.CATEGORY), KNOWN)
 
 
 def with_status(df: DataFrame) -> DataFrame:
@@ -406,29 +399,37 @@ def sessionize(events: DataFrame, *, gap_minutes: float) -> DataFrame:
     Args:
         events: accepted events (needs ``user_id``, ``event_ts``, ``event_key``, ``session_id``).
     """
-    return _sessionize(
-        events, gap_minutes=gap_minutes, member=F.lit(True), order=(S.EVENT_TS, S.EVENT_KEY)
+    by_user = Window.partitionBy(S.USER_ID).orderBy(S.EVENT_TS, S.EVENT_KEY)
+    with_previous = events.withColumn(_PREVIOUS, _previous_time(F.lit(True), by_user))
+    filled = _fill_sessions(
+        with_previous, gap_minutes=gap_minutes, member=F.lit(True), by_user=by_user
+    )
+    return filled.drop(_PREVIOUS)
+
+
+def _previous_time(member: Column, by_user: WindowSpec) -> Column:
+    """The time of the user's previous row where ``member`` holds (null: none)."""
+    return F.last(F.when(member, F.col(S.EVENT_TS)), ignorenulls=True).over(
+        by_user.rowsBetween(Window.unboundedPreceding, -1)
     )
 
 
-def _sessionize(
-    df: DataFrame, *, gap_minutes: float, member: Column, order: Sequence[str]
+def _fill_sessions(
+    df: DataFrame, *, gap_minutes: float, member: Column, by_user: WindowSpec
 ) -> DataFrame:
-    """:func:`sessionize` over the rows where ``member`` holds; the other rows are passed
-    through unchanged and ignored (they neither start nor continue a session).
+    """:func:`sessionize` over the rows where ``member`` holds, given ``_previous`` (the time
+    of the previous member, see :func:`_previous_time`); the other rows are passed through
+    unchanged (they neither start nor continue a session).
 
-    ``order`` must sort the members by time, ties broken deterministically; a prefix that is a
-    non-decreasing function of the time (the clock hour) lets the window reuse an earlier sort.
+    ``by_user`` must sort each user's members by time, ties broken deterministically; a
+    prefix that is a non-decreasing function of the time (the clock hour) lets the window reuse
+    an earlier sort.
     """
-    w = Window.partitionBy(S.USER_ID).orderBy(*order)
-    ts = F.col(S.EVENT_TS)
-    prev = F.last(F.when(member, ts), ignorenulls=True).over(
-        w.rowsBetween(Window.unboundedPreceding, -1)
-    )
+    ts, prev = F.col(S.EVENT_TS), F.col(_PREVIOUS)
     gap = F.unix_micros(ts) - F.unix_micros(prev)
     starts = member & (prev.isNull() | (gap > F.lit(int(gap_minutes * 60 * 1_000_000))))
     marked = df.withColumn("_start", F.when(starts, ts))
-    running = w.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    running = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     session_start = F.last("_start", ignorenulls=True).over(running)
     generated = F.concat_ws(":", F.col(S.USER_ID), F.unix_seconds(session_start).cast("string"))
     filled = F.when(member, F.coalesce(F.col(S.SESSION_ID), generated)).otherwise(
@@ -548,7 +549,8 @@ def classify_events(
         One row per input record with the normalised event fields, ``category``, ``reason``,
         ``detail``, ``is_duplicate``, ``status``, ``event_key`` (accepted events), ``raw``
         (records rejected before the shuffle only: :func:`restore_text` finds the others)
-        and ``raw_hash``.
+        and ``raw_hash``. Reasons found after the shuffle take precedence in this order:
+        duplicate, ``bot``, ``unknown_item``.
     """
     parsed = parse_json_records(raw, S.RAW_EVENT_SCHEMA)
     validated = validate_events(parsed, event_types=event_types, min_ts=min_ts, max_ts=max_ts)
@@ -557,27 +559,50 @@ def classify_events(
     carried = validated.withColumn(RAW_HASH, F.xxhash64(S.RAW)).withColumn(
         S.RAW, F.when(F.col(S.REASON).isNotNull(), F.col(S.RAW))
     )
+    # The catalog is looked up before the shuffle (broadcast: within each read task); an
+    # unknown item is flagged after the bot filter, whose reason takes precedence.
+    looked_up = _look_up_catalog(carried, items, broadcast=broadcast_catalog)
     # One shuffle by user serves dedup, bots and sessions: their windows all partition by
     # the user (and more), which a hash partitioning on the user already satisfies.
-    marked = _mark_duplicates(carried.repartition(S.USER_ID), tie_col=RAW_HASH)
+    marked = _mark_duplicates(looked_up.repartition(S.USER_ID), tie_col=RAW_HASH)
     # A time order without ties among accepted events (their dedup fields differ).
     order: tuple[str, ...] = (S.EVENT_TS, S.EVENT_ID, S.ITEM_ID, S.EVENT_TYPE)
+    bots = bot_events_per_hour is not None
     if bot_events_per_hour is not None:
-        marked = _flag_bots(
-            marked,
-            events_per_hour=bot_events_per_hour,
-            min_busy_hours=bot_min_busy_hours,
-            hour_order=order,
-        )
-        order = (HOUR, *order)  # accepted events all have an hour: the bot filter's sort
-    joined = join_catalog(
-        marked, items, quarantine_unknown=quarantine_unknown_items, broadcast=broadcast_catalog
+        marked = _count_hours(marked, order=order)
+        order = (HOUR, *order)  # accepted events all have an hour: the same sort serves all
+    by_user = Window.partitionBy(S.USER_ID).orderBy(*order)
+    # One more window pass over each user's events, in that sort: the bot statistics and each
+    # event's previous session member. A bot's events are never accepted, so a user's session
+    # members are known before the bot filter: the events accepted so far of known items.
+    per_user: list[Column] = []
+    if bot_events_per_hour is not None:
+        per_user += _bot_statistics(events_per_hour=bot_events_per_hour, by_user=by_user)
+    if session_gap_minutes is not None:
+        known = F.col(KNOWN).isNotNull() | F.lit(not quarantine_unknown_items)
+        member = _accepted_so_far() & known
+        per_user.append(_previous_time(member, by_user).alias(_PREVIOUS))
+    if per_user:
+        marked = marked.select("*", *per_user)
+    is_bot = _is_bot(bot_min_busy_hours) if bots else F.lit(False)
+    unknown = _accepted_so_far() & ~is_bot & F.col(KNOWN).isNull() & F.lit(quarantine_unknown_items)
+    flagged = marked.select(
+        *[c for c in marked.columns if c not in (S.REASON, S.DETAIL)],
+        F.when(is_bot, F.lit(BOT))
+        .when(unknown, F.lit(UNKNOWN_ITEM))
+        .otherwise(F.col(S.REASON))
+        .alias(S.REASON),
+        F.when(is_bot, _bot_detail() if bots else F.lit(None))
+        .when(unknown, F.col(S.ITEM_ID))
+        .otherwise(F.col(S.DETAIL))
+        .alias(S.DETAIL),
     )
-    out = with_status(joined)
+    out = with_status(flagged)
     accepted = F.col(STATUS) == "accepted"
     if session_gap_minutes is not None:
-        out = _sessionize(out, gap_minutes=session_gap_minutes, member=accepted, order=order)
-    return out.drop(HOUR).withColumn(S.EVENT_KEY, F.when(accepted, event_key()))
+        out = _fill_sessions(out, gap_minutes=session_gap_minutes, member=accepted, by_user=by_user)
+    helpers = [c for c in out.columns if c in _HELPERS]
+    return out.drop(*helpers).withColumn(S.EVENT_KEY, F.when(accepted, event_key()))
 
 
 def event_window(
