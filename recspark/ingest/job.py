@@ -144,6 +144,10 @@ def _ingest_events(
     quarantined = classified.where(F.col(X.STATUS) == "quarantined")
     late = sum(counts["quarantined_by_reason"].get(r, 0) for r in (X.BOT, X.UNKNOWN_ITEM))
     if late:  # else every quarantined row carries its text: the input is not read again
+        # restore_text reads the rejected rows twice (which texts to find, and the rows): kept
+        # apart from the whole classification, which each read would scan again.
+        quarantined = quarantined.persist(StorageLevel.MEMORY_AND_DISK)
+        keep.append(quarantined)
         quarantined = X.restore_text(quarantined, raw, broadcast=late <= _BROADCAST_TEXT_LOOKUPS)
     rejected = X.to_quarantine(quarantined, run_id=run_id, input_name="events")
     summary = {
