@@ -265,6 +265,55 @@ def test_sessions_filled_during_classification_match_sessionize(spark: SparkSess
     assert rest.count() == 0
 
 
+def test_catalog_lookup_before_the_shuffle_keeps_reasons_and_sessions(spark: SparkSession) -> None:
+    """The catalog is looked up before classification's shuffle: a bot's event for an unknown
+    item is still ``bot``; an unknown item quarantined does not bridge a session, one kept does;
+    a catalog joined without broadcast classifies exactly as a broadcast one."""
+
+    def line(user: str, item: str, minute: int) -> str:
+        ts = f"2024-01-01T{minute // 60:02d}:{minute % 60:02d}:00Z"
+        return json.dumps({"user_id": user, "item_id": item, "event_type": "view", "event_ts": ts})
+
+    lines = [line("u", "i1", 0), line("u", "i2", 20), line("u", "missing", 45)]
+    lines += [line("u", "i1", 70)]  # 50 min after i2, 25 min after the unknown item
+    lines += [
+        line("bot", "missing" if k == 0 else "i1", h * 60 + k) for h in (0, 1) for k in range(4)
+    ]
+    items = spark.createDataFrame([("i1", "a"), ("i2", "b")], "item_id string, category string")
+
+    def classify(*, broadcast: bool, quarantine_unknown: bool) -> DataFrame:
+        out = X.classify_events(
+            _raw(spark, lines),
+            items,
+            min_ts=WINDOW[0],
+            max_ts=WINDOW[1],
+            quarantine_unknown_items=quarantine_unknown,
+            broadcast_catalog=broadcast,
+            bot_events_per_hour=4,
+            bot_min_busy_hours=2,
+            session_gap_minutes=30,
+        )
+        cols = [X.RAW_HASH, S.USER_ID, S.ITEM_ID, X.STATUS, S.REASON, S.CATEGORY, S.SESSION_ID]
+        return out.select(*cols)
+
+    for quarantine_unknown in (True, False):
+        assert_df_equality(
+            classify(broadcast=False, quarantine_unknown=quarantine_unknown),
+            classify(broadcast=True, quarantine_unknown=quarantine_unknown),
+            ignore_row_order=True,
+        )
+    strict = classify(broadcast=True, quarantine_unknown=True).collect()
+    reasons = sorted((r[S.USER_ID], r[S.ITEM_ID], r[S.REASON] or "") for r in strict)
+    assert reasons.count(("bot", "missing", "bot")) == 2
+    assert ("u", "missing", "unknown_item") in reasons
+    assert len({r[S.SESSION_ID] for r in strict if r[S.USER_ID] == "u" and r[S.SESSION_ID]}) == 2
+    kept = classify(broadcast=True, quarantine_unknown=False).collect()
+    u = [r for r in kept if r[S.USER_ID] == "u"]
+    assert all(r[X.STATUS] == "accepted" for r in u)
+    assert {r[S.CATEGORY] for r in u if r[S.ITEM_ID] == "missing"} == {None}
+    assert len({r[S.SESSION_ID] for r in u}) == 1  # the kept unknown item bridges the gap
+
+
 def test_bots_are_flagged_and_fast_human_raters_are_not(spark: SparkSession) -> None:
     t0 = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
     rows = []
