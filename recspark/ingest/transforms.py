@@ -567,7 +567,6 @@ def classify_events(
     marked = _mark_duplicates(looked_up.repartition(S.USER_ID), tie_col=RAW_HASH)
     # A time order without ties among accepted events (their dedup fields differ).
     order: tuple[str, ...] = (S.EVENT_TS, S.EVENT_ID, S.ITEM_ID, S.EVENT_TYPE)
-    bots = bot_events_per_hour is not None
     if bot_events_per_hour is not None:
         marked = _count_hours(marked, order=order)
         order = (HOUR, *order)  # accepted events all have an hour: the same sort serves all
@@ -576,15 +575,17 @@ def classify_events(
     # event's previous session member. A bot's events are never accepted, so a user's session
     # members are known before the bot filter: the events accepted so far of known items.
     per_user: list[Column] = []
+    is_bot: Column = F.lit(False)
+    bot_detail: Column = F.lit(None)
     if bot_events_per_hour is not None:
         per_user += _bot_statistics(events_per_hour=bot_events_per_hour, by_user=by_user)
+        is_bot, bot_detail = _is_bot(bot_min_busy_hours), _bot_detail()
     if session_gap_minutes is not None:
         known = F.col(KNOWN).isNotNull() | F.lit(not quarantine_unknown_items)
         member = _accepted_so_far() & known
         per_user.append(_previous_time(member, by_user).alias(_PREVIOUS))
     if per_user:
         marked = marked.select("*", *per_user)
-    is_bot = _is_bot(bot_min_busy_hours) if bots else F.lit(False)
     unknown = _accepted_so_far() & ~is_bot & F.col(KNOWN).isNull() & F.lit(quarantine_unknown_items)
     flagged = marked.select(
         *[c for c in marked.columns if c not in (S.REASON, S.DETAIL)],
@@ -592,7 +593,7 @@ def classify_events(
         .when(unknown, F.lit(UNKNOWN_ITEM))
         .otherwise(F.col(S.REASON))
         .alias(S.REASON),
-        F.when(is_bot, _bot_detail() if bots else F.lit(None))
+        F.when(is_bot, bot_detail)
         .when(unknown, F.col(S.ITEM_ID))
         .otherwise(F.col(S.DETAIL))
         .alias(S.DETAIL),
