@@ -63,7 +63,7 @@ def reconcile(input_name: str, read: int, counts: dict[str, Any]) -> None:
 
 
 # The columns of silver/events whose file statistics serve queries (the key is a hash).
-_EVENT_STATS = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.EVENT_TS)
+EVENT_STATS = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.EVENT_TS)
 
 # Up to this many records rejected after classification's shuffle (bots, unknown items) have
 # their text looked up with a broadcast; more, with a shuffle of the input.
@@ -139,7 +139,7 @@ def _ingest_events(
         keys=[S.EVENT_KEY],
         partition_by=[S.EVENT_DATE],
         rows=counts["accepted"],
-        stats_columns=_EVENT_STATS,
+        stats_columns=EVENT_STATS,
     )
     quarantined = classified.where(F.col(X.STATUS) == "quarantined")
     late = sum(counts["quarantined_by_reason"].get(r, 0) for r in (X.BOT, X.UNKNOWN_ITEM))
