@@ -40,7 +40,7 @@ from recspark.config import Config, load_config
 from recspark.generate.job import run as generate
 from recspark.ingest.job import EVENT_STATS
 from recspark.ingest.job import run as ingest
-from recspark.ingest.transforms import build_interactions, parse_timestamp
+from recspark.ingest.transforms import build_interactions, parse_timestamp, to_silver_events
 
 
 def plain_copy(spark: SparkSession, events: str, target: str) -> None:
@@ -60,7 +60,7 @@ def required_writes(spark: SparkSession, cfg: Config, events: str, warehouse: st
     """
     df = spark.read.schema(S.RAW_EVENT_SCHEMA).json(events)
     ts = parse_timestamp(F.col(S.EVENT_TS))
-    rows = df.where(ts.isNotNull()).select(
+    parsed = df.where(ts.isNotNull()).select(
         F.concat_ws(":", S.USER_ID, S.EVENT_ID, S.EVENT_TS).alias(S.EVENT_KEY),
         S.EVENT_ID,
         S.USER_ID,
@@ -71,9 +71,8 @@ def required_writes(spark: SparkSession, cfg: Config, events: str, warehouse: st
         S.SESSION_ID,
         F.lit(None).cast("string").alias(S.CATEGORY),
         F.col("_metadata.file_path").alias(S.SOURCE_FILE),
-        F.lit(cfg.run_id).alias(S.RUN_ID),
-        F.to_date(ts).alias(S.EVENT_DATE),
     )
+    rows = to_silver_events(parsed, run_id=cfg.run_id or "bench")
     written, _ = T.insert_new(  # into an empty warehouse: one plain write, as ingest's first
         spark,
         rows.coalesce(spark.sparkContext.defaultParallelism),
