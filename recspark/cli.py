@@ -28,6 +28,7 @@ from recspark.config import DEFAULT_CONFIG, Config, load_config
 from recspark.errors import RecsparkError, StorageError
 from recspark.progress import progress
 from recspark.session import configure
+from recspark.storage import local_path, local_warehouse_dir
 
 STAGES: tuple[str, ...] = ("generate", "ingest", "embed", "train", "recommend", "evaluate")
 # What `recspark run` runs, in order (it never generates or overwrites input).
@@ -54,26 +55,9 @@ def stage_function(name: str) -> StageFn:
     return fn
 
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 _PATH_IN_TEXT = re.compile(r"(?:file:)?(/[^\s'\"\]\),;]+)")
 # Bytes the warehouse check writes: a disk that cannot take this cannot take a table either.
 WRITE_CHECK_BYTES = 64 * 1024
-
-
-def local_warehouse_dir(warehouse: str, master: str | None) -> str | None:
-    """The local folder of ``warehouse`` when it is certainly a local path, else None.
-
-    ``file:`` URLs always are; scheme-less paths only with a local master (on a cluster they
-    resolve against the cluster's default file system, which this process cannot check).
-    """
-    if warehouse.startswith("file:"):
-        rest = warehouse[len("file:") :]
-        return "/" + rest.lstrip("/") if rest.startswith("//") else rest
-    if _SCHEME.match(warehouse):
-        return None
-    if master is None or not master.startswith("local"):
-        return None
-    return warehouse
 
 
 def check_writable(folder: str, probe_bytes: int = WRITE_CHECK_BYTES) -> None:
@@ -103,6 +87,7 @@ def preflight(names: Sequence[str], cfg: Config) -> None:
     """Checks that need no Spark, so that a bad warehouse or model folder fails in a second:
     a local warehouse must be writable; ``embed`` needs a readable model folder."""
     if any(n in PIPELINE for n in names):
+        cfg.locations()  # a Unity Catalog warehouse needs a file location
         folder = local_warehouse_dir(cfg.warehouse, cfg.spark.master)
         if folder is not None:
             check_writable(folder)
@@ -124,8 +109,7 @@ def storage_failure(text: str, warehouse: str) -> str | None:
     if problem is None:
         return None
     paths = _PATH_IN_TEXT.findall(text)
-    base = warehouse[len("file:") :] if warehouse.startswith("file:") else warehouse
-    base = os.path.abspath(base) if not _SCHEME.match(base) else base
+    base = local_path(warehouse) or warehouse
     under = [p for p in paths if p.startswith(base)]
     where = under[0] if under else (paths[0] if paths else None)
     at = f" at {where}" if where else ""

@@ -26,6 +26,7 @@ from recspark.evaluate.config import EvaluateConfig
 from recspark.generate.config import GenerateConfig
 from recspark.ingest.config import IngestConfig
 from recspark.recommend.config import RecommendConfig
+from recspark.storage import Locations, locations
 from recspark.train.config import TrainConfig
 
 DEFAULT_CONFIG = "conf/local.yaml"
@@ -65,6 +66,9 @@ class Config:
     """The whole configuration of one run."""
 
     warehouse: str = "warehouse"
+    # The file location: models, checkpoints, reports, the MLflow store, stream checkpoints.
+    # Null: the warehouse folder; with a Unity Catalog warehouse, a Volume (/Volumes/...).
+    files: str | None = None
     seed: int = 42
     # A run id names one run in quarantine, recommendations and metrics; generated when null.
     run_id: str | None = None
@@ -78,6 +82,10 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     # Where the config came from, for messages; not a key users set.
     source: str = field(default="<defaults>", compare=False)
+
+    def locations(self) -> Locations:
+        """Every location of this configuration (:mod:`recspark.storage`)."""
+        return locations(self.warehouse, self.files)
 
 
 def _type_name(tp: Any) -> str:

@@ -185,7 +185,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 )
             else:  # recspark
                 tev = train_events(events, split)
-                model_dir = tables.table_path(wh, f"models/evaluate/{run_id}")
+                model_dir = cfg.locations().model_dir(f"evaluate/{run_id}")
                 result = api.fit(spark, cfg, tev, items, embeddings, model_dir)
                 iv = api.item_vectors(spark, result.model_dir, items, embeddings)
                 uv = api.user_vectors(spark, result.model_dir, tev, iv)
@@ -230,7 +230,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     )
     tables.merge_upsert(spark, out, wh, tables.GOLD_METRICS, keys=[RUN_ID, MODEL, METRIC, K])
     paths: dict[str, str] = {}
-    where = report_dir(wh, run_id)
+    where = report_dir(cfg.locations(), run_id)
     if ec.report and where is not None:
         paths = write_report(
             rows,

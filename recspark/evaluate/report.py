@@ -1,11 +1,13 @@
 """The evaluation report: a markdown table of every metric per model and a plot against the
-baselines, written under ``<warehouse>/reports/<run_id>/`` (local or ``file:`` warehouses)."""
+baselines, written under ``<files>/reports/<run_id>/`` (see :mod:`recspark.storage`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from recspark.storage import Locations, local_path
 
 
 @dataclass(frozen=True)
@@ -18,15 +20,10 @@ class MetricRow:
     value: float
 
 
-def report_dir(warehouse: str, run_id: str) -> Path | None:
-    """Where the report goes; None for a remote warehouse (s3a:, abfss:, dbfs:, ...)."""
-    if warehouse.startswith("file://"):
-        warehouse = warehouse[len("file://") :]
-    elif warehouse.startswith("file:"):
-        warehouse = warehouse[len("file:") :]
-    elif "://" in warehouse or (":" in warehouse.split("/")[0] and len(warehouse) > 2):
-        return None
-    return Path(warehouse) / "reports" / run_id
+def report_dir(where: Locations, run_id: str) -> Path | None:
+    """Where the report goes; None when the file location is not a file path (s3a:, ...)."""
+    local = local_path(where.reports(run_id))
+    return Path(local) if local is not None else None
 
 
 def _label(metric: str, k: int) -> str:

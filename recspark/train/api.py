@@ -40,6 +40,7 @@ from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, Str
 from recspark.config import Config, to_dict
 from recspark.errors import ConfigError, InputError, ModelError, SchemaError
 from recspark.schema import CATEGORY, EMBEDDING, ITEM_ID, USER_ID
+from recspark.storage import require_local
 from recspark.train import dataset as ds
 from recspark.train.launch import run_training
 from recspark.train.loop import (
@@ -74,22 +75,12 @@ class TrainResult:
 
 
 def fs_path(uri: str) -> str:
-    """The filesystem path of ``uri`` for torch, pyarrow and Petastorm (absolute).
+    """The filesystem path of model folder ``uri`` for torch, pyarrow and Petastorm.
 
     Checkpoints and Petastorm shards need storage every worker sees as files: a local or
-    shared (NFS) path, ``file:``, or ``dbfs:/`` (the ``/dbfs`` mount).
+    shared (NFS) path, ``file:``, ``dbfs:/`` (the ``/dbfs`` mount) or a Volume.
     """
-    if uri.startswith("dbfs:/"):
-        return "/dbfs/" + uri[len("dbfs:/") :].lstrip("/")
-    if uri.startswith("file:"):
-        uri = uri[len("file:") :]
-        uri = "/" + uri.lstrip("/") if uri.startswith("//") else uri
-    elif "://" in uri:
-        raise ConfigError(
-            f"train: model folder {uri!r} must be a path all workers see as files "
-            "(local, NFS, file: or dbfs:/), not an object-store URL"
-        )
-    return os.path.abspath(uri)
+    return require_local(uri, "model folders", "files")
 
 
 def _read_meta(model_dir: str) -> dict[str, Any]:
@@ -330,7 +321,7 @@ def fit(
         metrics[f"val_recall_at_{k}"] = float(best[0][f"val_recall_at_{k}"])
     if final:
         metrics["final_train_loss"] = float(final[-1]["train_loss"])
-    uri = tc.mlflow_tracking_uri or default_tracking_uri(cfg.warehouse)
+    uri = tc.mlflow_tracking_uri or default_tracking_uri(cfg.locations().files)
     params = {f"train.{k2}": v for k2, v in to_dict(tc).items()}
     params.update({"seed": cfg.seed, "num_proc": plan.num_proc, "model_version": version})
     run_id = log_training(

@@ -15,8 +15,6 @@ from recspark.schema import MODEL_VERSION
 from recspark.train.api import fit, item_vectors, user_vectors
 from recspark.train.plan import model_version
 
-MODELS = "models"
-
 
 def _input_versions(spark: SparkSession, warehouse: str, names: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
@@ -44,7 +42,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         _input_versions(spark, wh, inputs),
         cfg.train.model_version,
     )
-    model_dir = tables.table_path(wh, f"{MODELS}/{version}")
+    model_dir = cfg.locations().model_dir(version)
     result = fit(spark, cfg, events, items, embeddings, model_dir)
     iv = item_vectors(spark, result.model_dir, items, embeddings)
     tables.overwrite(

@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from recspark.storage import file_url
+from recspark.storage import local_path as storage_local_path
+
 Batch = dict[str, np.ndarray]
 
 # petastorm 0.12 on pyarrow 14 reads through the legacy dataset API: it works, but warns on
@@ -25,21 +28,13 @@ warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
 
 
 def dataset_url(path: str) -> str:
-    """A Petastorm URL for a local path or a URL (``file:``, ``hdfs:``, ``s3:``...)."""
-    if "://" in path:
-        return path
-    if path.startswith("file:"):
-        return "file://" + os.path.abspath(path[len("file:") :])
-    return "file://" + os.path.abspath(path)
+    """A Petastorm URL for a file path or a URL (``file:``, ``hdfs:``, ``s3:``...)."""
+    return file_url(path)
 
 
 def local_path(path: str) -> str:
-    """A filesystem path for ``file:`` URLs and plain paths (other URLs are returned as given)."""
-    if path.startswith("file://"):
-        return path[len("file://") :]
-    if path.startswith("file:"):
-        return path[len("file:") :]
-    return path
+    """The filesystem path of ``path``; a URL that is not a file path is returned as given."""
+    return storage_local_path(path) or path
 
 
 @contextmanager

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from recspark.storage import file_url, join
 from recspark.train.reader import local_path
 
 
-def default_tracking_uri(warehouse: str) -> str:
-    """A file store under ``<warehouse>/mlruns`` (absolute ``file://`` URI for local paths)."""
-    if "://" in warehouse and not warehouse.startswith("file:"):
-        return warehouse.rstrip("/") + "/mlruns"
-    return "file://" + os.path.abspath(os.path.join(local_path(warehouse), "mlruns"))
+def default_tracking_uri(files: str) -> str:
+    """A file store under ``<files>/mlruns`` (an absolute ``file://`` URI for file paths)."""
+    return file_url(join(files, "mlruns"))
 
 
 def log_training(
