@@ -20,10 +20,10 @@ from recspark.evaluate.baselines import als_grid, popularity_recs
 from recspark.evaluate.config import EvaluateConfig
 from recspark.evaluate.metrics import ranking_metrics
 from recspark.evaluate.report import MetricRow, markdown_table, report_dir
-from recspark.storage import locations
 from recspark.evaluate.split import chronological_holdout, holdout_count, train_events
 from recspark.recommend.config import RecommendConfig
 from recspark.schema import INTERACTIONS_SCHEMA, SILVER_ITEMS_SCHEMA
+from recspark.storage import locations
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 RECS_SCHEMA = StructType(

@@ -55,7 +55,7 @@ def test_file_url() -> None:
 
 def test_require_local_names_the_key() -> None:
     assert require_local("/data/m", "model folders", "files") == "/data/m"
-    with pytest.raises(ConfigError, match="key 'files': model folders .* found 's3a://b/m'"):
+    with pytest.raises(ConfigError, match=r"key 'files': model folders .* found 's3a://b/m'"):
         require_local("s3a://b/m", "model folders", "files")
 
 
@@ -68,7 +68,7 @@ def test_locations_default_to_the_warehouse_folder() -> None:
 
 
 def test_uc_warehouse_needs_a_file_location() -> None:
-    with pytest.raises(ConfigError, match="key 'files'.*Volume"):
+    with pytest.raises(ConfigError, match=r"key 'files'.*Volume"):
         locations("main.recspark", None)
     where = locations("main.recspark", "/Volumes/main/recspark/files/")
     assert where.uc

@@ -38,7 +38,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
 from recspark.config import Config, to_dict
-from recspark.errors import ConfigError, InputError, ModelError, SchemaError
+from recspark.errors import InputError, ModelError, SchemaError
 from recspark.schema import CATEGORY, EMBEDDING, ITEM_ID, USER_ID
 from recspark.storage import require_local
 from recspark.train import dataset as ds

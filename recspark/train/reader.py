@@ -9,7 +9,6 @@ epoch (see ``loop.py``), and a worker that runs out takes padding steps of weigh
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
