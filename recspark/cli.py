@@ -8,7 +8,6 @@ non-zero exit; only bugs show a traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import os
@@ -16,9 +15,7 @@ import re
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +32,6 @@ STAGES: tuple[str, ...] = ("generate", "ingest", "embed", "train", "recommend", 
 PIPELINE: tuple[str, ...] = ("ingest", "embed", "train", "recommend", "evaluate")
 
 StageFn = Callable[[SparkSession, Config], dict[str, Any]]
-
-
-def new_run_id(now: datetime | None = None) -> str:
-    """A sortable, unique run id: UTC time plus a random suffix."""
-    now = now or datetime.now(UTC)
-    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-
-
-def with_run_id(cfg: Config) -> Config:
-    """The config with ``run_id`` filled in, so that every stage of one run shares it."""
-    return cfg if cfg.run_id else dataclasses.replace(cfg, run_id=new_run_id())
 
 
 def stage_function(name: str) -> StageFn:
@@ -131,7 +117,7 @@ def run_stages(
 
     With ``report``, write the run's HTML report under the warehouse and print its path.
     """
-    cfg = with_run_id(cfg)
+    cfg = cfg.with_run_id()
     own = spark is None
     session = build_session(cfg) if spark is None else spark
     summaries: list[dict[str, Any]] = []

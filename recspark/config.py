@@ -13,6 +13,7 @@ import datetime as dt
 import re
 import types
 import typing
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,12 @@ from recspark.storage import Locations, locations
 from recspark.train.config import TrainConfig
 
 DEFAULT_CONFIG = "conf/local.yaml"
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """A sortable, unique run id: UTC time plus a random suffix."""
+    now = now or dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,11 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     # Where the config came from, for messages; not a key users set.
     source: str = field(default="<defaults>", compare=False)
+
+    def with_run_id(self) -> Config:
+        """This config with ``run_id`` filled in (the one place a default run id is made), so
+        that every stage of one run, and a stage run on its own, names its run."""
+        return self if self.run_id else dataclasses.replace(self, run_id=new_run_id())
 
     def locations(self) -> Locations:
         """Every location of this configuration (:mod:`recspark.storage`)."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from recspark.evaluate.report import MetricRow
+from recspark.storage import Locations
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -424,13 +425,13 @@ def build_run_report(
 # --- gathering and writing (I/O) -------------------------------------------------------------
 
 
-def report_path(warehouse: str, run_id: str) -> str:
-    """``<warehouse>/reports/<run_id>/run.html`` (beside evaluate's report)."""
+def report_path(where: Locations, run_id: str) -> str:
+    """``<files>/reports/<run_id>/run.html`` (beside evaluate's report)."""
     from recspark.errors import ConfigError
 
     if not run_id or "/" in run_id or run_id in (".", ".."):
         raise ConfigError(f"run_id {run_id!r} cannot name a report folder")
-    return f"{warehouse.rstrip('/')}/reports/{run_id}/{REPORT_FILE}"
+    return f"{where.reports(run_id)}/{REPORT_FILE}"
 
 
 def read_metrics(spark: SparkSession, warehouse: str, run_id: str) -> pd.DataFrame | None:
@@ -479,13 +480,14 @@ def write_run_report(spark: SparkSession, cfg: Config, summaries: list[dict[str,
     from recspark.io import write_text
 
     stages = by_stage(summaries)
-    run_id = cfg.run_id or next((str(s["run_id"]) for s in summaries if s.get("run_id")), "manual")
+    run_id = cfg.run_id or next((str(s["run_id"]) for s in summaries if s.get("run_id")), None)
+    run_id = run_id or str(cfg.with_run_id().run_id)
     metrics = read_metrics(spark, cfg.warehouse, run_id) if "evaluate" in stages else None
     history = None
     train = stages.get("train")
     if train is not None and train.get("model_dir"):
         history = read_training_history(spark, str(train["model_dir"]))
     text = build_run_report(summaries, metrics, history, run_id=run_id, settings=to_dict(cfg))
-    path = report_path(cfg.warehouse, run_id)
+    path = report_path(cfg.locations(), run_id)
     write_text(spark, path, text)
     return path

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from recspark.cli import new_run_id, parser
+from recspark.cli import parser
 from recspark.config import (
     SECRET_KEY_PATTERN,
     Config,
@@ -17,6 +17,7 @@ from recspark.config import (
     flatten,
     is_secret_key,
     load_config,
+    new_run_id,
     override_path,
     parse_override,
     redact_command,

@@ -286,10 +286,20 @@ def test_config_defaults_are_the_kernel_defaults() -> None:
 
 
 def test_score_params_carry_every_kernel_setting() -> None:
+    from recspark.evaluate.job import eval_score_params
     from recspark.recommend.config import RecommendConfig
-    from recspark.recommend.job import score_params
+    from recspark.recommend.transforms import score_params
 
-    rc = RecommendConfig(user_block_size=3, item_block_size=5, group_size=7, torch_threads=2)
+    rc = RecommendConfig(
+        user_block_size=3, item_block_size=5, group_size=7, torch_threads=2, device="cpu"
+    )
     params = score_params(rc)
     assert (params.user_block_size, params.item_block_size, params.group_size) == (3, 5, 7)
     assert params.torch_threads == 2
+    # evaluate scores every model with recommend's kernel settings, its own k and no reasons
+    for cold in (True, False):
+        ev = eval_score_params(rc, k=20, exclude_seen=False, cold_items=cold)
+        assert (ev.user_block_size, ev.item_block_size, ev.group_size) == (3, 5, 7)
+        assert (ev.torch_threads, ev.device, ev.k, ev.exclude_seen) == (2, "cpu", 20, False)
+        assert not ev.reasons
+        assert ev.cold_item_slots == (rc.cold_item_slots if cold else 0)

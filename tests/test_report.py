@@ -29,6 +29,7 @@ from recspark.report import (
     write_run_report,
 )
 from recspark.schema import METRICS_SCHEMA
+from recspark.storage import locations
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -232,9 +233,11 @@ def test_helpers_order_and_validate() -> None:
         ("final", 1),
     ]
     assert by_stage([{"stage": "a", "x": 1}, {"stage": "a", "x": 2}])["a"]["x"] == 2
-    assert report_path("s3a://b/wh/", "r1") == "s3a://b/wh/reports/r1/run.html"
+    assert report_path(locations("s3a://b/wh/", None), "r1") == "s3a://b/wh/reports/r1/run.html"
+    volume = locations("c.s", "/Volumes/c/s/v")
+    assert report_path(volume, "r1") == "/Volumes/c/s/v/reports/r1/run.html"
     with pytest.raises(ConfigError):
-        report_path("wh", "../x")
+        report_path(locations("wh", None), "../x")
 
 
 def test_write_run_report_gathers_metrics_and_history(

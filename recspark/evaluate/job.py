@@ -23,7 +23,14 @@ from recspark.evaluate.baselines import AlsParams, als_factors, als_grid, popula
 from recspark.evaluate.metrics import VALUE, ranking_metrics
 from recspark.evaluate.report import MetricRow, report_dir, write_report
 from recspark.evaluate.split import TEST, TRAIN, chronological_holdout, train_events
-from recspark.recommend.transforms import ItemIndex, ScoreParams, item_catalog, recommend
+from recspark.recommend.config import RecommendConfig
+from recspark.recommend.transforms import (
+    ItemIndex,
+    ScoreParams,
+    item_catalog,
+    recommend,
+    score_params,
+)
 from recspark.schema import (
     IS_COLD,
     ITEM_ID,
@@ -42,6 +49,16 @@ from recspark.schema import (
 
 def _log(msg: str) -> None:
     print(f"[recspark] evaluate: {msg}", file=sys.stderr, flush=True)
+
+
+def eval_score_params(
+    rc: RecommendConfig, *, k: int, exclude_seen: bool, cold_items: bool
+) -> ScoreParams:
+    """The recommend stage's kernel settings (block sizes, groups, threads, device), with
+    evaluate's list length and exclusion, no reasons, and cold-item slots only for a model
+    that can score cold items (pure)."""
+    extra = {} if cold_items else {"cold_item_slots": 0}
+    return score_params(rc, k=k, exclude_seen=exclude_seen, reasons=False, **extra)
 
 
 def kernel_recs(
@@ -86,10 +103,12 @@ def select_als(
     *,
     fraction: float,
     min_train: int,
-    k: int,
+    params: ScoreParams,
     run_id: str,
 ) -> tuple[AlsParams, dict[str, float]]:
-    """The grid point with the best NDCG@k on a chronological validation split of ``train``."""
+    """The grid point with the best NDCG@k (``params.k``) on a chronological validation split
+    of ``train``, each scored with the kernel's ``params``."""
+    k = params.k
     if len(grid) == 1:
         return grid[0], {}
     split = chronological_holdout(train, fraction=fraction, min_train=min_train).cache()
@@ -101,7 +120,7 @@ def select_als(
         best: tuple[float, int] | None = None
         for i, p in enumerate(grid):
             uv, iv = als_factors(fit_part, p)
-            recs = kernel_recs(uv, iv, fit_part, items, users, ScoreParams(k=k), "als", run_id)
+            recs = kernel_recs(uv, iv, fit_part, items, users, params, "als", run_id)
             score = _ndcg(recs, valid, catalog, k)
             scores[f"rank={p.rank},reg={p.reg}"] = score
             _log(f"ALS rank={p.rank} reg={p.reg}: validation ndcg@{k}={score:.4f}")
@@ -114,11 +133,10 @@ def select_als(
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Evaluate the configured models; write ``gold/metrics`` and the report."""
-    from recspark.cli import new_run_id
-
     ec = cfg.evaluate
     wh = cfg.warehouse
-    run_id = cfg.run_id or new_run_id()
+    cfg = cfg.with_run_id()
+    run_id = str(cfg.run_id)
     kmax = max(ec.ks)
     interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
     items = tables.read(spark, wh, tables.SILVER_ITEMS)
@@ -167,7 +185,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                     grid,
                     fraction=ec.holdout_fraction,
                     min_train=ec.min_train,
-                    k=kmax,
+                    params=eval_score_params(
+                        cfg.recommend, k=kmax, exclude_seen=True, cold_items=False
+                    ),
                     run_id=run_id,
                 )
                 uv, iv = als_factors(train, best)
@@ -179,7 +199,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                     train,
                     items,
                     users,
-                    ScoreParams(k=kmax, exclude_seen=exclude),
+                    eval_score_params(
+                        cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=False
+                    ),
                     versions[model],
                     run_id,
                 )
@@ -190,21 +212,14 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 iv = api.item_vectors(spark, result.model_dir, items, embeddings)
                 uv = api.user_vectors(spark, result.model_dir, tev, iv)
                 versions[model] = str(result.model_version)
-                rc = cfg.recommend
                 recs = kernel_recs(
                     uv,
                     iv,
                     train,
                     items,
                     users,
-                    ScoreParams(
-                        k=kmax,
-                        exclude_seen=exclude,
-                        cold_item_slots=rc.cold_item_slots,
-                        user_block_size=rc.user_block_size,
-                        item_block_size=rc.item_block_size,
-                        torch_threads=rc.torch_threads,
-                        reasons=False,
+                    eval_score_params(
+                        cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=True
                     ),
                     versions[model],
                     run_id,

@@ -184,7 +184,8 @@ def _quarantine(
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Ingest the configured catalog and events into the warehouse; return the run summary."""
-    run_id = cfg.run_id or "manual"
+    cfg = cfg.with_run_id()
+    run_id = str(cfg.run_id)
     run_time = datetime.now(UTC)
     keep: list[DataFrame] = []
     try:

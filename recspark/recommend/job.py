@@ -18,25 +18,8 @@ from pyspark.sql import functions as F
 from recspark import tables
 from recspark.config import Config
 from recspark.errors import ModelError, SchemaError
-from recspark.recommend.config import RecommendConfig
-from recspark.recommend.kernel import pick_device
-from recspark.recommend.transforms import ItemIndex, ScoreParams, item_catalog, recommend
+from recspark.recommend.transforms import ItemIndex, item_catalog, recommend, score_params
 from recspark.schema import IS_COLD, ITEM_ID, MODEL_VERSION, TITLE, USER_ID, VECTOR
-
-
-def score_params(rc: RecommendConfig) -> ScoreParams:
-    """The kernel's parameters from the stage config (pure)."""
-    return ScoreParams(
-        k=rc.k,
-        exclude_seen=rc.exclude_seen,
-        cold_item_slots=rc.cold_item_slots,
-        user_block_size=rc.user_block_size,
-        item_block_size=rc.item_block_size,
-        group_size=rc.group_size,
-        torch_threads=rc.torch_threads,
-        reasons=rc.reasons,
-        device=pick_device(rc.device).type,
-    )
 
 
 def choose_model_version(item_versions: Iterable[str], user_versions: Iterable[str]) -> str:
@@ -57,10 +40,9 @@ def choose_model_version(item_versions: Iterable[str], user_versions: Iterable[s
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Write ``gold/recommendations`` for this run and return a summary."""
-    from recspark.cli import new_run_id
-
     wh = cfg.warehouse
-    run_id = cfg.run_id or new_run_id()
+    cfg = cfg.with_run_id()
+    run_id = str(cfg.run_id)
     item_vectors = tables.read(spark, wh, tables.GOLD_ITEM_VECTORS)
     user_vectors = tables.read(spark, wh, tables.GOLD_USER_VECTORS)
     interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)

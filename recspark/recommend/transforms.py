@@ -14,6 +14,7 @@ only driver-side data is the ``ItemIndex`` the job builds from the collected ite
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
 
 from recspark.errors import SchemaError
+from recspark.recommend.config import RecommendConfig
 from recspark.recommend.kernel import (
     GROUP_SIZE,
     ITEM_BLOCK_SIZE,
@@ -152,6 +154,28 @@ class ScoreParams:
     torch_threads: int = 1
     reasons: bool = True
     device: str = "cpu"
+
+
+def score_params(rc: RecommendConfig, **overrides: Any) -> ScoreParams:
+    """The kernel's parameters from the recommend config (pure): the one place they are
+    built, for the recommend stage and for every model evaluate scores with the kernel.
+
+    Args:
+        rc: the ``recommend`` section.
+        overrides: ScoreParams fields that differ from the config (evaluate's ``k``, ...).
+    """
+    params = ScoreParams(
+        k=rc.k,
+        exclude_seen=rc.exclude_seen,
+        cold_item_slots=rc.cold_item_slots,
+        user_block_size=rc.user_block_size,
+        item_block_size=rc.item_block_size,
+        group_size=rc.group_size,
+        torch_threads=rc.torch_threads,
+        reasons=rc.reasons,
+        device=pick_device(rc.device).type,
+    )
+    return dataclasses.replace(params, **overrides)
 
 
 def item_catalog(
