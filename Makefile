@@ -1,5 +1,5 @@
 # The README's two commands: `make demo` and `make test`. Both set up .venv/ first (idempotent).
-.PHONY: setup demo test lint dist clean
+.PHONY: setup demo test test-fast lint dist clean
 
 setup:
 	bash scripts/setup.sh
@@ -10,6 +10,10 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest
+
+# The tier to run while working: everything but the tests marked slow.
+test-fast: setup
+	.venv/bin/python -m pytest -m "not slow"
 
 lint: setup
 	.venv/bin/ruff check recspark jobs tests benchmarks

@@ -8,7 +8,7 @@ On a small generated data set it first runs the pipeline uninterrupted, keeping 
 warehouse after each stage (``empty``, ``first_load`` = ingest of half the event files,
 ``ingested`` = ingest of all of them, a MERGE into the existing tables, ``embedded``,
 ``trained``, ``recommended``). Then, for each (stage, kill point) of
-``recspark.faults.plan_kills`` (taking the stages in turn, so that a run stopped with Ctrl-C
+``tests.support.faults.plan_kills`` (taking the stages in turn, so that a run stopped with Ctrl-C
 has tried every stage; it still prints the totals so far), it copies the snapshot before the
 stage, starts ``.venv/bin/recspark <stage>``, SIGKILLs its whole process group at the kill
 point, runs the stage again and compares the stage's tables with the snapshot after it
@@ -39,9 +39,11 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-from recspark import faults as FX
 from recspark.cli import build_session
 from recspark.config import load_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the harness lives in tests/support
+from tests.support import faults as FX  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECSPARK = str(ROOT / ".venv" / "bin" / "recspark")

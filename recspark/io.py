@@ -19,7 +19,6 @@ from recspark import schema as S
 from recspark.errors import InputError
 
 Format = Literal["auto", "jsonl", "parquet"]
-_JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".ndjson", ".ndjson.gz")
 
 
 def hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +13,16 @@ from pyspark.sql import SparkSession
 from recspark.config import SparkConfig
 from recspark.session import configure
 
+# Spark's Python workers (the embed UDF, horovod.spark.run tasks, mapInPandas) must run this
+# interpreter, which has torch and horovod; set once, before any session starts.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
+
 TEST_SPARK = SparkConfig(master="local[2]", shuffle_partitions=4, driver_memory="3g", ui=False)
 
 
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
-    os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
     session = (
         configure(SparkSession.builder, TEST_SPARK)
         .config("spark.sql.ansi.enabled", "true")

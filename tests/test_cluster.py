@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from recspark import cluster as C
+from tests.support import cluster as C
 from recspark import tables as T
 from recspark.cli import PIPELINE
 from recspark.config import load_config

@@ -40,9 +40,6 @@ from recspark.embed.transforms import (
 from recspark.errors import ConfigError, ModelError, StageNotReadyError
 from recspark.schema import INTERACTIONS_SCHEMA, SILVER_ITEMS_SCHEMA
 
-# The embed UDF runs in Spark's Python workers, which must be this interpreter (it has torch);
-# set before the session-scoped `spark` fixture starts (collection imports this module first).
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 CPU = DeviceChoice("cpu", torch.float32)
 Ref = Callable[..., np.ndarray]

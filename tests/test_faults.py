@@ -1,7 +1,7 @@
 """Reliability: kills while writing, concurrent writers, full / read-only warehouse, bad model
 folders and checkpoints.
 
-The planning and comparison helpers of ``recspark.faults`` are tested without Spark; the
+The planning and comparison helpers of ``tests.support.faults`` are tested without Spark; the
 ``slow`` tests run ``.venv/bin/recspark`` as a subprocess on a tiny generated data set, SIGKILL
 it at a kill point, run it again (in-process) and compare its tables with an uninterrupted
 run's (built in-process once per module). They are a few meaningful cases; the whole
@@ -25,7 +25,7 @@ import torch
 from pyspark.sql import SparkSession
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from recspark import faults as FX
+from tests.support import faults as FX
 from recspark import schema as S
 from recspark import tables as T
 from recspark.cli import (

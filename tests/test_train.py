@@ -58,9 +58,6 @@ from recspark.train.plan import (
 )
 from recspark.train.reader import dataset_url, shard_batches, shard_rows
 
-# Spark's Python workers (horovod.spark.run tasks, mapInPandas) must run this interpreter, which
-# has torch and horovod; the session fixture is created after collection, so this applies.
-os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 # petastorm 0.12 reads through pyarrow's legacy dataset API, which warns on every row group.
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning:petastorm")
 

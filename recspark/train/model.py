@@ -25,8 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-PAD = -1
-
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -120,11 +118,6 @@ def recency_weights(mask: Tensor, half_life: float) -> Tensor:
     age = torch.arange(length - 1, -1, -1, device=mask.device, dtype=torch.float32)
     w = torch.pow(torch.tensor(0.5, device=mask.device), age / half_life)
     return w * mask.to(torch.float32)
-
-
-def recency_weight(age: int, half_life: float) -> float:
-    """The scalar form of :func:`recency_weights` (used by the Spark user-vector transform)."""
-    return math.pow(0.5, age / half_life)
 
 
 def batch_loss(
