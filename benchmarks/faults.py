@@ -43,7 +43,7 @@ from recspark.cli import build_session
 from recspark.config import load_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the harness lives in tests/support
-from tests.support import faults as FX  # noqa: E402
+from tests.support import faults as FX
 
 ROOT = Path(__file__).resolve().parents[1]
 RECSPARK = str(ROOT / ".venv" / "bin" / "recspark")

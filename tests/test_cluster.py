@@ -18,13 +18,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.support import cluster as C
 from recspark import tables as T
 from recspark.cli import PIPELINE
 from recspark.config import load_config
 from recspark.errors import ConfigError, LaunchError
 from recspark.train import bootstrap
 from recspark.train.launch import executor_python
+from tests.support import cluster as C
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME = Path("/opt/spark")

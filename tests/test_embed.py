@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-import sys
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -39,7 +37,6 @@ from recspark.embed.transforms import (
 )
 from recspark.errors import ConfigError, ModelError, StageNotReadyError
 from recspark.schema import INTERACTIONS_SCHEMA, SILVER_ITEMS_SCHEMA
-
 
 CPU = DeviceChoice("cpu", torch.float32)
 Ref = Callable[..., np.ndarray]

@@ -25,7 +25,6 @@ import torch
 from pyspark.sql import SparkSession
 from pyspark.sql.types import LongType, StringType, StructField, StructType
 
-from tests.support import faults as FX
 from recspark import schema as S
 from recspark import tables as T
 from recspark.cli import (
@@ -40,6 +39,7 @@ from recspark.errors import ConcurrentWriteError, ModelError, StorageError
 from recspark.train.api import write_text_atomic
 from recspark.train.loop import CHECKPOINT, LocalComm, TrainSpec, load_checkpoint, train_worker
 from recspark.train.model import ModelShape
+from tests.support import faults as FX
 
 ROOT = Path(__file__).resolve().parents[1]
 RECSPARK = str(ROOT / ".venv" / "bin" / "recspark")

@@ -29,8 +29,10 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from recspark import schema as S
 from recspark.config import Config
 from recspark.errors import ConfigError, LaunchError
+from recspark.ingest.transforms import build_interactions
 from recspark.train import dataset as ds
 from recspark.train.api import fit, item_vectors, user_vectors
 from recspark.train.config import TrainConfig
@@ -309,6 +311,35 @@ def test_interactions_from_events_weights_and_cutoff(spark: SparkSession) -> Non
         [("u", "a", 9.0, T0)], "user_id string, item_id string, weight double, first_ts timestamp"
     )
     assert_df_equality(got, expected, ignore_nullable=True)
+
+
+def test_training_weights_are_the_interactions_table_weights_with_decay(
+    spark: SparkSession,
+) -> None:
+    """Train learns from the weights that recommend and evaluate read in silver/interactions:
+    with ``ingest.decay_half_life_days`` set, both decay by age from the newest event."""
+    events = spark.createDataFrame(
+        [
+            ("u", "a", "purchase", T0),
+            ("u", "b", "view", T0 + timedelta(days=1)),
+            ("v", "b", "view", T0 + timedelta(days=3)),
+        ],
+        EVENTS_SCHEMA,
+    )
+    weights, half_life = {"view": 1.0, "purchase": 8.0}, 2.0
+    got = ds.interactions_from_events(events, weights, decay_half_life_days=half_life)
+    table = build_interactions(events, event_weights=weights, decay_half_life_days=half_life)
+    assert_df_equality(
+        got,
+        table.select(S.USER_ID, S.ITEM_ID, S.WEIGHT, S.FIRST_TS),
+        ignore_nullable=True,
+        ignore_row_order=True,
+    )
+    # numpy reference: weight * 0.5 ** (age_days / half_life), age from the newest event (day 3)
+    expected = {("u", "a"): 8.0 * 0.5 ** (3 / 2), ("u", "b"): 0.5 ** (2 / 2), ("v", "b"): 1.0}
+    rows = {(r[S.USER_ID], r[S.ITEM_ID]): r[S.WEIGHT] for r in got.collect()}
+    assert rows.keys() == expected.keys()
+    np.testing.assert_allclose([rows[k] for k in expected], list(expected.values()), rtol=1e-9)
 
 
 def test_spark_user_vectors_match_the_torch_user_tower(spark: SparkSession) -> None:

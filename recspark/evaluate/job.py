@@ -218,9 +218,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                     train,
                     items,
                     users,
-                    eval_score_params(
-                        cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=True
-                    ),
+                    eval_score_params(cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=True),
                     versions[model],
                     run_id,
                 )

@@ -167,7 +167,11 @@ def _build_data(
         return info
     tc = cfg.train
     text_dim = _text_dim(item_embeddings)
-    inter = ds.interactions_from_events(events, cfg.ingest.event_weights)
+    inter = ds.interactions_from_events(
+        events,
+        cfg.ingest.event_weights,
+        decay_half_life_days=cfg.ingest.decay_half_life_days,
+    )
     ds.item_index(items, item_embeddings, inter).write.mode("overwrite").parquet(
         f"{data_dir}/index"
     )
@@ -297,6 +301,7 @@ def fit(
             "model_version": version,
             "history_len": tc.history_len,
             "event_weights": dict(cfg.ingest.event_weights),
+            "decay_half_life_days": cfg.ingest.decay_half_life_days,
             "data": info,
             "plan": plan.to_dict(),
         },
@@ -436,7 +441,10 @@ def user_vectors(
     meta = _read_meta(model_dir)
     weights = {str(k): float(v) for k, v in meta["event_weights"].items()}
     cutoff = None if as_of is None else str(as_of)
-    inter = ds.interactions_from_events(events, weights, cutoff)
+    decay = meta.get("decay_half_life_days")
+    inter = ds.interactions_from_events(
+        events, weights, cutoff, decay_half_life_days=None if decay is None else float(decay)
+    )
     last = ds.last_interactions(inter, int(meta["history_len"]))
     out = ds.weighted_user_vectors(last, item_vectors, float(meta["shape"]["recency_half_life"]))
     return out.select(F.col(USER_ID).cast("string").alias(USER_ID), ds.VECTOR)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType
 
+from recspark.ingest.transforms import build_interactions
 from recspark.schema import (
     CATEGORY,
     EMBEDDING,
@@ -45,37 +46,36 @@ def interactions_from_events(
     event_weights: Mapping[str, float],
     as_of: str | None = None,
     *,
+    decay_half_life_days: float | None = None,
     user_col: str = USER_ID,
     item_col: str = ITEM_ID,
     type_col: str = EVENT_TYPE,
     ts_col: str = EVENT_TS,
 ) -> DataFrame:
-    """One row per (user, item): summed event weight and the time of the first event.
+    """One row per (user, item) with a positive weight: the weight and the time of the first event.
 
-    Needs ``user_col``, ``item_col``, ``type_col``, ``ts_col`` (timestamp). Events of a type with
-    no positive weight are ignored; with ``as_of`` only events strictly before it count.
+    The weights are those of ``silver/interactions`` (:func:`recspark.ingest.transforms.
+    build_interactions`, the one home of the weighting, time decay included), computed over the
+    events strictly before ``as_of`` when it is given (a time split sees no later event).
+
+    Needs ``user_col``, ``item_col``, ``type_col``, ``ts_col`` (timestamp).
 
     Returns:
         ``user_id``, ``item_id``, ``weight`` (double > 0), ``first_ts`` (timestamp).
     """
     require_columns(events.columns, [user_col, item_col, type_col, ts_col], "events")
-    w: Column = F.lit(None).cast("double")
-    for etype, value in sorted(event_weights.items()):
-        w = F.when(F.col(type_col) == etype, F.lit(float(value))).otherwise(w)
-    df = events
-    if as_of is not None:
-        df = df.where(F.col(ts_col) < F.lit(as_of).cast("timestamp"))
-    return (
-        df.select(
-            F.col(user_col).alias(USER_ID),
-            F.col(item_col).alias(ITEM_ID),
-            w.alias(WEIGHT),
-            F.col(ts_col).alias(FIRST_TS),
-        )
-        .where(F.col(WEIGHT) > 0)
-        .groupBy(USER_ID, ITEM_ID)
-        .agg(F.sum(WEIGHT).alias(WEIGHT), F.min(FIRST_TS).alias(FIRST_TS))
+    df = events.select(
+        F.col(user_col).alias(USER_ID),
+        F.col(item_col).alias(ITEM_ID),
+        F.col(type_col).alias(EVENT_TYPE),
+        F.col(ts_col).alias(EVENT_TS),
     )
+    if as_of is not None:
+        df = df.where(F.col(EVENT_TS) < F.lit(as_of).cast("timestamp"))
+    inter = build_interactions(
+        df, event_weights=event_weights, decay_half_life_days=decay_half_life_days
+    )
+    return inter.where(F.col(WEIGHT) > 0).select(USER_ID, ITEM_ID, WEIGHT, FIRST_TS)
 
 
 def category_vocabulary(items: DataFrame, *, category_col: str = CATEGORY) -> DataFrame:

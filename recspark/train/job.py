@@ -36,8 +36,12 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     events = tables.read(spark, wh, tables.SILVER_EVENTS)
     items = tables.read(spark, wh, tables.SILVER_ITEMS)
     embeddings = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
+    weighting = {  # the interactions' weighting shapes the model as much as a train setting
+        "event_weights": dict(cfg.ingest.event_weights),
+        "decay_half_life_days": cfg.ingest.decay_half_life_days,
+    }
     version = model_version(
-        dataclasses.asdict(cfg.train),
+        {**dataclasses.asdict(cfg.train), **weighting},
         cfg.seed,
         _input_versions(spark, wh, inputs),
         cfg.train.model_version,
