@@ -23,6 +23,7 @@ from pyspark.sql import SparkSession
 
 from recspark.config import DEFAULT_CONFIG, Config, load_config
 from recspark.errors import RecsparkError, StorageError
+from recspark.log import LEVELS, get_logger, set_level
 from recspark.progress import progress
 from recspark.session import configure
 from recspark.storage import local_path, local_warehouse_dir
@@ -118,13 +119,14 @@ def run_stages(
     With ``report``, write the run's HTML report under the warehouse and print its path.
     """
     cfg = cfg.with_run_id()
+    log = get_logger()
     own = spark is None
     session = build_session(cfg) if spark is None else spark
     summaries: list[dict[str, Any]] = []
     try:
         for name in names:
             t0 = time.perf_counter()
-            print(f"[recspark] {name}: started (run {cfg.run_id})", file=sys.stderr, flush=True)
+            log.info("%s: started (run %s)", name, cfg.run_id)
             with progress(session, name):
                 summary = dict(stage_function(name)(session, cfg))
             summary.setdefault("stage", name)
@@ -135,7 +137,7 @@ def run_stages(
             from recspark.report import write_run_report
 
             path = write_run_report(session, cfg, summaries)
-            print(f"[recspark] report: {path}", file=sys.stderr, flush=True)
+            log.info("report: %s", path)
     finally:
         if own:
             session.stop()
@@ -145,6 +147,13 @@ def run_stages(
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=None, help=f"YAML config (default {DEFAULT_CONFIG})")
+    common.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=LEVELS,
+        type=str.upper,
+        help="progress messages on stderr: DEBUG, INFO (default), WARNING or ERROR",
+    )
     common.add_argument(
         "--set",
         dest="overrides",
@@ -166,6 +175,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    set_level(args.log_level)
     cfg: Config | None = None
     try:
         cfg = load_config(args.config, args.overrides)

@@ -1,17 +1,17 @@
 """Terminal progress for long stages: Spark's active stages, tasks done, rate and elapsed time,
-printed to stderr every few seconds by a daemon thread while a stage runs."""
+logged (:mod:`recspark.log`) every few seconds by a daemon thread while a stage runs."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TextIO
 
 from pyspark.sql import SparkSession
+
+from recspark.log import get_logger
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,11 @@ class Snapshot:
 
 
 def format_progress(stage: str, snap: Snapshot, elapsed_s: float, tasks_per_s: float) -> str:
-    """One progress line, e.g. ``[recspark] ingest: 2 Spark stages, 30/50 tasks (60%), 4.0
-    tasks/s, 45s``."""
+    """One progress message, e.g. ``ingest: 2 Spark stages, 30/50 tasks (60%), 4.0 tasks/s,
+    45s`` (logged as ``[recspark] ingest: ...``)."""
     pct = f" ({100 * snap.tasks_done / snap.tasks_total:.0f}%)" if snap.tasks_total else ""
     return (
-        f"[recspark] {stage}: {snap.active_stages} Spark stage(s), "
+        f"{stage}: {snap.active_stages} Spark stage(s), "
         f"{snap.tasks_done}/{snap.tasks_total} tasks{pct}, {tasks_per_s:.1f} tasks/s, "
         f"{elapsed_s:.0f}s elapsed"
     )
@@ -47,10 +47,9 @@ def snapshot(spark: SparkSession) -> Snapshot:
 
 
 @contextmanager
-def progress(
-    spark: SparkSession, stage: str, every_s: float = 15.0, out: TextIO = sys.stderr
-) -> Iterator[None]:
-    """Print progress lines while the body runs (only while Spark has active stages)."""
+def progress(spark: SparkSession, stage: str, every_s: float = 15.0) -> Iterator[None]:
+    """Log progress while the body runs (only while Spark has active stages)."""
+    log = get_logger()
     stop = threading.Event()
     t0 = time.perf_counter()
 
@@ -66,7 +65,7 @@ def progress(
             now = time.perf_counter()
             rate = max(snap.tasks_done - last_done, 0) / max(now - last_t, 1e-9)
             last_done, last_t = snap.tasks_done, now
-            print(format_progress(stage, snap, now - t0, rate), file=out, flush=True)
+            log.info(format_progress(stage, snap, now - t0, rate))
 
     thread = threading.Thread(target=loop, name=f"recspark-progress-{stage}", daemon=True)
     thread.start()

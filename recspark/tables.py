@@ -6,7 +6,6 @@ Only stage ``run`` functions call these: transforms never do I/O.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +22,7 @@ from recspark.errors import (
     StageNotReadyError,
     StorageError,
 )
+from recspark.log import get_logger
 
 _R = TypeVar("_R")
 
@@ -175,11 +175,12 @@ def _retrying(path: str, attempt: Callable[[], _R], retries: int = MERGE_RETRIES
         except ConcurrentWriteError as e:
             if i == retries:
                 raise
-            print(
-                f"[recspark] table {path}: another writer committed first "
-                f"({conflict_kind(e.__cause__ or e)}); trying again ({i + 2}/{retries + 1})",
-                file=sys.stderr,
-                flush=True,
+            get_logger("tables").warning(
+                "table %s: another writer committed first (%s); trying again (%d/%d)",
+                path,
+                conflict_kind(e.__cause__ or e),
+                i + 2,
+                retries + 1,
             )
             time.sleep(0.5 * (i + 1))
     raise AssertionError("unreachable")  # pragma: no cover

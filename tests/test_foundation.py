@@ -323,6 +323,32 @@ def test_progress_line() -> None:
     from recspark.progress import Snapshot, format_progress
 
     line = format_progress("ingest", Snapshot(30, 50, 2), 45.2, 4.0)
-    want = "[recspark] ingest: 2 Spark stage(s), 30/50 tasks (60%), 4.0 tasks/s, 45s elapsed"
+    want = "ingest: 2 Spark stage(s), 30/50 tasks (60%), 4.0 tasks/s, 45s elapsed"
     assert line == want
     assert "%" not in format_progress("embed", Snapshot(0, 0, 1), 1.0, 0.0)
+
+
+def test_log_lines_go_to_the_current_stderr_and_obey_the_level(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from recspark.log import get_logger, set_level
+
+    log = get_logger("ingest")
+    try:
+        log.info("ingest: started (run %s)", "r1")
+        assert capsys.readouterr().err == "[recspark] ingest: started (run r1)\n"
+        set_level("warning")
+        log.info("hidden")
+        log.warning("table t: trying again")
+        assert capsys.readouterr().err == "[recspark] table t: trying again\n"
+    finally:
+        set_level("INFO")
+
+
+def test_log_level_flag() -> None:
+    from recspark.cli import parser
+
+    assert parser().parse_args(["ingest", "--log-level", "warning"]).log_level == "WARNING"
+    assert parser().parse_args(["run"]).log_level == "INFO"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["run", "--log-level", "loud"])

@@ -9,7 +9,6 @@ the training split only); writes one row per (model, metric, k) of the run into
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +22,7 @@ from recspark.evaluate.baselines import AlsParams, als_factors, als_grid, popula
 from recspark.evaluate.metrics import VALUE, ranking_metrics
 from recspark.evaluate.report import MetricRow, report_dir, write_report
 from recspark.evaluate.split import TEST, TRAIN, chronological_holdout, train_events
+from recspark.log import get_logger
 from recspark.recommend.config import RecommendConfig
 from recspark.recommend.transforms import (
     ItemIndex,
@@ -48,7 +48,7 @@ from recspark.schema import (
 
 
 def _log(msg: str) -> None:
-    print(f"[recspark] evaluate: {msg}", file=sys.stderr, flush=True)
+    get_logger("evaluate").info("evaluate: %s", msg)
 
 
 def eval_score_params(

@@ -10,7 +10,6 @@ the quarantine all read it.
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, datetime
 from functools import reduce
 from typing import Any
@@ -25,6 +24,7 @@ from recspark.config import Config
 from recspark.errors import ConfigError, InputError, ReconciliationError
 from recspark.ingest import transforms as X
 from recspark.io import input_errors, read_raw
+from recspark.log import get_logger
 
 
 def _parse_utc(text: str, key: str) -> datetime:
@@ -241,5 +241,5 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     )
     T.append(log, cfg.warehouse, T.SILVER_INGEST_RUNS)
     for s in (item_summary, event_summary):
-        print(f"[recspark] ingest {s['input']}: " + json.dumps(s, sort_keys=True), file=sys.stderr)
+        get_logger("ingest").info("ingest %s: %s", s["input"], json.dumps(s, sort_keys=True))
     return {"run_id": run_id, "items": item_summary, "events": event_summary}

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, Str
 
 from recspark.config import Config, to_dict
 from recspark.errors import InputError, ModelError, SchemaError
+from recspark.log import get_logger
 from recspark.schema import CATEGORY, EMBEDDING, ITEM_ID, USER_ID
 from recspark.storage import require_local
 from recspark.train import dataset as ds
@@ -246,11 +246,11 @@ def fit(
     resumed_from = None
     if ckpt is not None:
         resumed_from = f"{ckpt['state']['phase']}:{ckpt['state']['epoch']}"
-        print(
-            f"[recspark] train: resuming {version} from checkpoint {checkpoint_path(work)} "
-            f"({resumed_from})",
-            file=sys.stderr,
-            flush=True,
+        get_logger("train").info(
+            "train: resuming %s from checkpoint %s (%s)",
+            version,
+            checkpoint_path(work),
+            resumed_from,
         )
     del ckpt
     data_dir = os.path.join(work, "data")
