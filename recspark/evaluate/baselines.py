@@ -9,6 +9,7 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recspark.numbering import top_n
 from recspark.schema import ITEM_ID, POPULARITY, RANK, SCORE, USER_ID, VECTOR, WEIGHT
 
 _UIDX = "_uidx"
@@ -54,10 +55,17 @@ def popularity_recs(
         ``user_id``, ``item_id``, ``rank``, ``score`` (number of training users).
     """
     pop = train.groupBy(item_col).agg(F.countDistinct(user_col).cast("double").alias(POPULARITY))
-    pop = pop.withColumn(
-        "_prank", F.row_number().over(Window.orderBy(F.desc(POPULARITY), F.asc(item_col)))
-    )
     seen_n = train.groupBy(user_col).agg(F.count(F.lit(1)).alias("_n_seen"))
+    # No user needs more than the k + (most items seen by one user) most popular items.
+    most_seen = seen_n.agg(F.max("_n_seen").alias("_most_seen")) if exclude_seen else None
+    longest = F.lit(k) + (F.coalesce(F.col("_most_seen"), F.lit(0)) if exclude_seen else F.lit(0))
+    pop = top_n(
+        pop if most_seen is None else pop.crossJoin(F.broadcast(most_seen)),
+        key=item_col,
+        order=[F.desc(POPULARITY), F.asc(item_col)],
+        n=longest,
+        rank_col="_prank",
+    )
     u = users.select(user_col).distinct().join(seen_n, user_col, "left")
     limit = F.lit(k) + (F.coalesce(F.col("_n_seen"), F.lit(0)) if exclude_seen else F.lit(0))
     cands = u.join(pop, F.col("_prank") <= limit)

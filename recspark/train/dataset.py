@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType
 
 from recspark.ingest.transforms import build_interactions
+from recspark.numbering import dense_index
 from recspark.schema import (
     CATEGORY,
     EMBEDDING,
@@ -79,14 +80,14 @@ def interactions_from_events(
 
 
 def category_vocabulary(items: DataFrame, *, category_col: str = CATEGORY) -> DataFrame:
-    """Distinct non-null categories numbered ``1..C`` in name order (0 is left for unknown).
+    """Distinct non-null categories numbered ``1..C`` (0 is left for unknown), deterministically
+    (:func:`recspark.numbering.dense_index`).
 
     Returns:
         ``category``, ``cat_idx`` (int).
     """
     cats = items.select(F.col(category_col).alias(CATEGORY)).where(F.col(CATEGORY).isNotNull())
-    order = Window.orderBy(CATEGORY)
-    return cats.distinct().select(CATEGORY, F.row_number().over(order).cast("int").alias(CAT_IDX))
+    return dense_index(cats.distinct(), key=CATEGORY, index_col=CAT_IDX, start=1)
 
 
 def item_index(
@@ -104,7 +105,8 @@ def item_index(
     ``embedding_col``; interactions: ``item_id``.
 
     Returns:
-        ``item_id``, ``item_idx`` (int, in item-id order), ``category`` (null when unknown),
+        ``item_id``, ``item_idx`` (int, deterministic: see :func:`recspark.numbering.
+        dense_index`), ``category`` (null when unknown),
         ``embedding`` (null when the item has none).
     """
     require_columns(items.columns, [item_col], "items")
@@ -124,9 +126,7 @@ def item_index(
         .union(interactions.select(ITEM_ID))
         .distinct()
     )
-    numbered = ids.select(
-        ITEM_ID, (F.row_number().over(Window.orderBy(ITEM_ID)) - 1).cast("int").alias(ITEM_IDX)
-    )
+    numbered = dense_index(ids, key=ITEM_ID, index_col=ITEM_IDX)
     return numbered.join(cats, ITEM_ID, "left").join(embs, ITEM_ID, "left")
 
 
