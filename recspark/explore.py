@@ -26,19 +26,8 @@ from recspark.schema import (
     require_columns,
 )
 
-# The tables shown by :func:`table_counts`, in pipeline order.
-TABLES: tuple[str, ...] = (
-    tables.SILVER_EVENTS,
-    tables.SILVER_QUARANTINE,
-    tables.SILVER_ITEMS,
-    tables.SILVER_INTERACTIONS,
-    tables.GOLD_ITEM_EMBEDDINGS,
-    tables.GOLD_USER_EMBEDDINGS,
-    tables.GOLD_ITEM_VECTORS,
-    tables.GOLD_USER_VECTORS,
-    tables.GOLD_RECOMMENDATIONS,
-    tables.GOLD_METRICS,
-)
+# The tables shown by :func:`table_counts`: the registry's, in pipeline order.
+TABLES: tuple[str, ...] = tuple(t.name for t in tables.TABLES)
 HISTORY_COLUMNS: tuple[str, ...] = (ITEM_ID, TITLE, CATEGORY, WEIGHT, COUNT, LAST_TS)
 RECS_COLUMNS: tuple[str, ...] = (RANK, ITEM_ID, TITLE, CATEGORY, SCORE, REASON)
 
@@ -156,7 +145,7 @@ def example_user(spark: SparkSession, warehouse: str) -> str:
     if row is None:
         from recspark.errors import InputError
 
-        raise InputError(f"{tables.table_path(warehouse, tables.SILVER_INTERACTIONS)} is empty")
+        raise InputError(f"{tables.ref(warehouse, tables.SILVER_INTERACTIONS)} is empty")
     return str(row[USER_ID])
 
 
@@ -164,7 +153,7 @@ def table_counts(spark: SparkSession, warehouse: str) -> pd.DataFrame:
     """``table``, ``rows`` of every pipeline table that exists in ``warehouse``."""
     rows = []
     for name in TABLES:
-        if tables.exists(spark, tables.table_path(warehouse, name)):
+        if tables.exists(spark, tables.ref(warehouse, name)):
             rows.append((name, int(tables.read(spark, warehouse, name).count())))
     return pd.DataFrame(rows, columns=["table", "rows"])
 

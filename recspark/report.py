@@ -4,7 +4,8 @@ metrics of recspark against the baselines.
 
 :func:`build_run_report` is pure (summaries, metrics and history in, HTML text out);
 :func:`write_run_report` gathers what the stages wrote and saves the page as
-``<warehouse>/reports/<run_id>/run.html``, beside evaluate's ``report.md`` and ``metrics.png``.
+``<files>/reports/<run_id>/run.html`` (the file location), beside evaluate's ``report.md`` and
+``metrics.png``.
 A stage that did not run leaves its section out.
 """
 
@@ -441,8 +442,7 @@ def read_metrics(spark: SparkSession, warehouse: str, run_id: str) -> pd.DataFra
     from recspark import tables
     from recspark.schema import RUN_ID
 
-    path = tables.table_path(warehouse, tables.GOLD_METRICS)
-    if not tables.exists(spark, path):
+    if not tables.exists(spark, tables.ref(warehouse, tables.GOLD_METRICS)):
         return None
     rows = tables.read(spark, warehouse, tables.GOLD_METRICS).where(F.col(RUN_ID) == run_id)
     out = pd.DataFrame(rows.toPandas())

@@ -180,6 +180,23 @@ RECOMMENDATIONS_SCHEMA = StructType(
     ]
 )
 
+# gold/item_vectors and gold/user_vectors (train): one vector per item / user and model.
+ITEM_VECTORS_SCHEMA = StructType(
+    [
+        StructField(ITEM_ID, StringType(), False),
+        StructField(VECTOR, ArrayType(FloatType())),
+        StructField(MODEL_VERSION, StringType(), False),
+    ]
+)
+
+USER_VECTORS_SCHEMA = StructType(
+    [
+        StructField(USER_ID, StringType(), False),
+        StructField(VECTOR, ArrayType(FloatType())),
+        StructField(MODEL_VERSION, StringType(), False),
+    ]
+)
+
 METRICS_SCHEMA = StructType(
     [
         StructField(RUN_ID, StringType(), False),

@@ -119,8 +119,8 @@ class Locations:
 
     @property
     def mlflow(self) -> str:
-        """The folder of the local MLflow store (tracking database and artifacts)."""
-        return join(self.files, "mlflow")
+        """The folder of the default MLflow file store (runs and artifacts): ``mlruns``."""
+        return join(self.files, "mlruns")
 
     def stream_checkpoint(self, name: str) -> str:
         """The checkpoint folder of the incremental stream ``name``."""

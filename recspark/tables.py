@@ -1,6 +1,11 @@
-"""The warehouse's table paths and the Delta read / overwrite / merge helpers.
+"""The pipeline's tables (one registry: name, schema, key, writer) and the Delta read /
+overwrite / merge helpers.
 
-Only stage ``run`` functions call these: transforms never do I/O.
+A table is addressed through a :class:`TableRef` resolved from the warehouse setting: by path
+under a warehouse folder (``<warehouse>/silver/events``), or by name when the warehouse is a
+Unity Catalog schema (``catalog.schema.silver_events``: ``saveAsTable``, ``spark.table``,
+``DeltaTable.forName``, MERGE by name). Only stage ``run`` functions call these: transforms
+never do I/O.
 """
 
 from __future__ import annotations
@@ -9,20 +14,25 @@ import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TypeVar
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
+from pyspark.sql.types import StructType
 
+from recspark import schema as S
 from recspark.errors import (
     ConcurrentWriteError,
     ConfigError,
     RecsparkError,
+    SchemaError,
     StageNotReadyError,
     StorageError,
 )
 from recspark.log import get_logger
+from recspark.storage import Locations, is_uc_schema
 
 _R = TypeVar("_R")
 
@@ -50,6 +60,9 @@ _CONFLICTS: tuple[tuple[str, str], ...] = (
     ("DELTA_CONCURRENT_WRITE", "a concurrent transaction wrote to the table"),
 )
 
+# A write into a metastore schema that does not exist.
+_SCHEMA_NOT_FOUND = "SCHEMA_NOT_FOUND"
+
 # Storage failures seen in Java or Python error text, with a short explanation.
 _STORAGE: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"No space left on device|ENOSPC", re.I), "no space left on device"),
@@ -72,38 +85,155 @@ GOLD_METRICS = "gold/metrics"
 GOLD_ITEM_VECTORS = "gold/item_vectors"
 GOLD_USER_VECTORS = "gold/user_vectors"
 
-# Which stage writes each table, for "run that stage first" messages.
-WRITTEN_BY = {
-    SILVER_EVENTS: "ingest",
-    SILVER_QUARANTINE: "ingest",
-    SILVER_ITEMS: "ingest",
-    SILVER_INTERACTIONS: "ingest",
-    SILVER_INGEST_RUNS: "ingest",
-    GOLD_ITEM_EMBEDDINGS: "embed",
-    GOLD_USER_EMBEDDINGS: "embed",
-    GOLD_RECOMMENDATIONS: "recommend",
-    GOLD_METRICS: "evaluate",
-    GOLD_ITEM_VECTORS: "train",
-    GOLD_USER_VECTORS: "train",
-}
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One table of the pipeline.
+
+    Attributes:
+        name: the table's name in recspark, ``layer/table`` (``silver/events``): its folder
+            under a path warehouse; ``layer_table`` (``silver_events``) in a Unity Catalog schema.
+        schema: its columns (:mod:`recspark.schema`); a write with a column outside it is
+            refused.
+        key: the columns that identify a row (each key at most once).
+        partition_by: the partition columns of the table.
+        written_by: the stage that writes it, for "run that stage first" messages.
+    """
+
+    name: str
+    schema: StructType
+    key: tuple[str, ...]
+    written_by: str
+    partition_by: tuple[str, ...] = ()
+
+    @property
+    def uc_name(self) -> str:
+        """The table's name in a Unity Catalog schema (``silver_events``)."""
+        return uc_table_name(self.name)
 
 
-def table_path(warehouse: str, name: str) -> str:
-    """``warehouse/name``; ``name`` must stay under the warehouse (no absolute path, no ``..``)."""
+# Every table of the pipeline, in pipeline order: the one registry of names, schemas, keys
+# and writers (notebooks, tests and the fault harness read it).
+TABLES: tuple[TableSpec, ...] = (
+    TableSpec(SILVER_EVENTS, S.SILVER_EVENTS_SCHEMA, (S.EVENT_KEY,), "ingest", (S.EVENT_DATE,)),
+    TableSpec(SILVER_QUARANTINE, S.QUARANTINE_SCHEMA, (S.RECORD_KEY,), "ingest"),
+    TableSpec(SILVER_ITEMS, S.SILVER_ITEMS_SCHEMA, (S.ITEM_ID,), "ingest"),
+    TableSpec(SILVER_INTERACTIONS, S.INTERACTIONS_SCHEMA, (S.USER_ID, S.ITEM_ID), "ingest"),
+    TableSpec(SILVER_INGEST_RUNS, S.INGEST_RUNS_SCHEMA, (S.RUN_ID, "input"), "ingest"),
+    TableSpec(GOLD_ITEM_EMBEDDINGS, S.ITEM_EMBEDDINGS_SCHEMA, (S.ITEM_ID,), "embed"),
+    TableSpec(GOLD_USER_EMBEDDINGS, S.USER_EMBEDDINGS_SCHEMA, (S.USER_ID,), "embed"),
+    TableSpec(GOLD_ITEM_VECTORS, S.ITEM_VECTORS_SCHEMA, (S.ITEM_ID,), "train"),
+    TableSpec(GOLD_USER_VECTORS, S.USER_VECTORS_SCHEMA, (S.USER_ID,), "train"),
+    TableSpec(GOLD_RECOMMENDATIONS, S.RECOMMENDATIONS_SCHEMA, (S.USER_ID, S.RANK), "recommend"),
+    TableSpec(GOLD_METRICS, S.METRICS_SCHEMA, (S.RUN_ID, S.MODEL, S.METRIC, S.K), "evaluate"),
+)
+REGISTRY: dict[str, TableSpec] = {t.name: t for t in TABLES}
+
+# A table name part: a SQL identifier that needs no quoting.
+_NAME_PART = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _name_parts(name: str) -> list[str]:
+    """The ``/``-separated parts of a table name; each must be a plain identifier."""
     parts = name.replace("\\", "/").split("/")
     if name.startswith("/") or ":" in name or any(p in ("", ".", "..") for p in parts):
         raise ConfigError(f"table name {name!r} must be a relative path under the warehouse")
+    return parts
+
+
+def uc_table_name(name: str) -> str:
+    """The Unity Catalog table name of ``name``: its parts joined by ``_``
+    (``silver/events`` -> ``silver_events``).
+
+    Raises:
+        ConfigError: a part is not a plain SQL identifier (letters, digits, ``_``).
+    """
+    parts = _name_parts(name)
+    bad = [p for p in parts if not _NAME_PART.match(p)]
+    if bad:
+        raise ConfigError(
+            f"table name {name!r}: expected parts of letters, digits and '_' (a Unity Catalog "
+            f"table name), found {bad}"
+        )
+    return "_".join(parts)
+
+
+def table_path(warehouse: str, name: str) -> str:
+    """``warehouse/name``; ``name`` must stay under the warehouse (no absolute path, no ``..``).
+
+    Raises:
+        ConfigError: ``warehouse`` is a Unity Catalog schema (its tables have names, not paths).
+    """
+    parts = _name_parts(name)
+    if is_uc_schema(warehouse):
+        raise ConfigError(
+            f"table {name}: warehouse {warehouse!r} is a Unity Catalog schema, whose tables are "
+            "addressed by name, not by path"
+        )
     return warehouse.rstrip("/") + "/" + "/".join(parts)
 
 
-def exists(spark: SparkSession, path: str) -> bool:
-    """Whether a Delta table with at least one commit is at ``path``.
+@dataclass(frozen=True)
+class TableRef:
+    """Where one table is: a path (``by_name`` False) or a Unity Catalog / metastore name
+    ``catalog.schema.table`` (``by_name`` True). ``str()`` gives it for messages."""
+
+    name: str
+    location: str
+    by_name: bool
+
+    def __str__(self) -> str:
+        return self.location
+
+
+def ref(where: Locations | str, name: str) -> TableRef:
+    """The table ``name`` of a warehouse (a :class:`~recspark.storage.Locations` or the
+    warehouse setting): by name in a Unity Catalog schema, else by path under the folder."""
+    warehouse = where.warehouse if isinstance(where, Locations) else where
+    if is_uc_schema(warehouse):
+        return TableRef(name, f"{warehouse}.{uc_table_name(name)}", by_name=True)
+    return TableRef(name, table_path(warehouse, name), by_name=False)
+
+
+def written_by(name: str) -> str:
+    """The stage that writes table ``name`` (for messages)."""
+    spec = REGISTRY.get(name)
+    return spec.written_by if spec else "an earlier stage"
+
+
+def check_columns(df: DataFrame, table: TableRef) -> None:
+    """Refuse to write a column that the table's registered schema does not have.
+
+    Raises:
+        SchemaError: ``df`` has columns outside the schema (a registered table only).
+    """
+    spec = REGISTRY.get(table.name)
+    if spec is None:
+        return
+    expected = spec.schema.fieldNames()
+    extra = [c for c in df.columns if c not in expected]
+    if extra:
+        raise SchemaError(
+            f"table {table}: expected columns {expected}, found {list(df.columns)} "
+            f"(not in the table's schema: {extra})"
+        )
+
+
+def exists(spark: SparkSession, table: TableRef | str) -> bool:
+    """Whether the table exists (a Delta table with at least one commit for a path; a path
+    may be given as a string).
 
     ``isDeltaTable`` answers from the session's cached log of the path without refreshing it:
     once it has seen an empty ``_delta_log`` (what a first write killed or failed before its
     commit leaves), it says False even after another process has created the table. Loading
     the table refreshes that log, so a False is checked that way.
     """
+    if isinstance(table, TableRef):
+        if table.by_name:
+            return bool(spark.catalog.tableExists(table.location))
+        path = table.location
+    else:
+        path = table
     if DeltaTable.isDeltaTable(spark, path):
         return True
     try:
@@ -113,13 +243,37 @@ def exists(spark: SparkSession, path: str) -> bool:
     return True
 
 
-def read(spark: SparkSession, warehouse: str, name: str) -> DataFrame:
+def _load(spark: SparkSession, table: TableRef) -> DataFrame:
+    if table.by_name:
+        return spark.read.table(table.location)
+    return spark.read.format("delta").load(table.location)
+
+
+def read_ref(spark: SparkSession, table: TableRef) -> DataFrame:
     """Read a Delta table, or say which stage must run first."""
-    path = table_path(warehouse, name)
-    if not exists(spark, path):
-        stage = WRITTEN_BY.get(name, "an earlier stage")
-        raise StageNotReadyError(f"table {path} does not exist yet: run `recspark {stage}` first")
-    return spark.read.format("delta").load(path)
+    if not exists(spark, table):
+        raise StageNotReadyError(
+            f"table {table} does not exist yet: run `recspark {written_by(table.name)}` first"
+        )
+    return _load(spark, table)
+
+
+def read(spark: SparkSession, warehouse: Locations | str, name: str) -> DataFrame:
+    """Read table ``name`` of the warehouse, or say which stage must run first."""
+    return read_ref(spark, ref(warehouse, name))
+
+
+def delta_table(spark: SparkSession, table: TableRef) -> DeltaTable:
+    """The :class:`DeltaTable` of ``table`` (``forName`` or ``forPath``)."""
+    if table.by_name:
+        return DeltaTable.forName(spark, table.location)
+    return DeltaTable.forPath(spark, table.location)
+
+
+def version(spark: SparkSession, table: TableRef) -> int:
+    """The table's latest Delta version; -1 when its history is empty."""
+    row = delta_table(spark, table).history(1).select("version").first()
+    return int(row["version"]) if row is not None else -1
 
 
 def conflict_kind(e: BaseException) -> str | None:
@@ -148,7 +302,7 @@ def concurrent_error(path: str, kind: str) -> ConcurrentWriteError:
 
 
 @contextmanager
-def _write_errors(path: str) -> Iterator[None]:
+def _write_errors(table: TableRef | str) -> Iterator[None]:
     """Turn Delta commit conflicts and storage failures of a write into one-line errors."""
     try:
         yield
@@ -157,27 +311,34 @@ def _write_errors(path: str) -> Iterator[None]:
     except Exception as e:
         kind = conflict_kind(e)
         if kind is not None:
-            raise concurrent_error(path, kind) from e
+            raise concurrent_error(str(table), kind) from e
+        if isinstance(table, TableRef) and table.by_name and _SCHEMA_NOT_FOUND in str(e):
+            schema = table.location.rsplit(".", 1)[0]
+            raise ConfigError(
+                f"key 'warehouse': table {table}: the schema {schema} does not exist; create "
+                "it (CREATE SCHEMA, or deploy the bundle, which declares it)"
+            ) from e
         problem = storage_problem(str(e))
         if problem is not None:
             raise StorageError(
-                f"table {path}: write failed: {problem}; the table keeps its last committed version"
+                f"table {table}: write failed: {problem}; the table keeps its last committed "
+                "version"
             ) from e
         raise
 
 
-def _retrying(path: str, attempt: Callable[[], _R], retries: int = MERGE_RETRIES) -> _R:
+def _retrying(table: TableRef, attempt: Callable[[], _R], retries: int = MERGE_RETRIES) -> _R:
     """Run an idempotent write, again (up to ``retries`` times) when it loses a commit race."""
     for i in range(retries + 1):
         try:
-            with _write_errors(path):
+            with _write_errors(table):
                 return attempt()
         except ConcurrentWriteError as e:
             if i == retries:
                 raise
             get_logger("tables").warning(
                 "table %s: another writer committed first (%s); trying again (%d/%d)",
-                path,
+                table,
                 conflict_kind(e.__cause__ or e),
                 i + 2,
                 retries + 1,
@@ -186,38 +347,62 @@ def _retrying(path: str, attempt: Callable[[], _R], retries: int = MERGE_RETRIES
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _save(writer: DataFrameWriter, table: TableRef) -> None:
+    """Run ``writer`` into ``table``: ``saveAsTable`` by name, ``save`` by path."""
+    if table.by_name:
+        writer.saveAsTable(table.location)
+    else:
+        writer.save(table.location)
+
+
+def _partitioning(
+    table: TableRef, df: DataFrame, partition_by: Sequence[str] | None
+) -> Sequence[str]:
+    """The partition columns: as given, else the registered table's when ``df`` has them all
+    (a partial frame, as tests write, is written unpartitioned)."""
+    if partition_by is not None:
+        return partition_by
+    spec = REGISTRY.get(table.name)
+    if spec is None or not all(c in df.columns for c in spec.partition_by):
+        return ()
+    return spec.partition_by
+
+
 def overwrite(
     df: DataFrame,
-    warehouse: str,
+    warehouse: Locations | str,
     name: str,
-    partition_by: Sequence[str] = (),
+    partition_by: Sequence[str] | None = None,
     replace_where: str | None = None,
 ) -> None:
     """Replace a table's contents atomically (one Delta commit; readers see old or new)."""
+    table = ref(warehouse, name)
+    check_columns(df, table)
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if replace_where is not None:
         writer = writer.option("replaceWhere", replace_where).option("overwriteSchema", "false")
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    path = table_path(warehouse, name)
-    with _write_errors(path):
-        writer.save(path)
+    partitions = _partitioning(table, df, partition_by)
+    if partitions:
+        writer = writer.partitionBy(*partitions)
+    with _write_errors(table):
+        _save(writer, table)
 
 
-def append(df: DataFrame, warehouse: str, name: str) -> None:
+def append(df: DataFrame, warehouse: Locations | str, name: str) -> None:
     """Append rows in one commit (blind appends never conflict with each other)."""
-    path = table_path(warehouse, name)
-    with _write_errors(path):
-        df.write.format("delta").mode("append").save(path)
+    table = ref(warehouse, name)
+    check_columns(df, table)
+    with _write_errors(table):
+        _save(df.write.format("delta").mode("append"), table)
 
 
 def merge_new(
     spark: SparkSession,
     df: DataFrame,
-    warehouse: str,
+    warehouse: Locations | str,
     name: str,
     keys: Sequence[str],
-    partition_by: Sequence[str] = (),
+    partition_by: Sequence[str] | None = None,
 ) -> int:
     """Insert the rows of ``df`` whose ``keys`` are not in the table yet; return how many.
 
@@ -230,10 +415,10 @@ def merge_new(
 def insert_new(
     spark: SparkSession,
     df: DataFrame,
-    warehouse: str,
+    warehouse: Locations | str,
     name: str,
     keys: Sequence[str],
-    partition_by: Sequence[str] = (),
+    partition_by: Sequence[str] | None = None,
     rows: int | None = None,
     stats_columns: Sequence[str] = (),
 ) -> tuple[int, bool]:
@@ -241,44 +426,50 @@ def insert_new(
     exactly the rows of ``df``).
 
     Args:
+        partition_by: the partition columns of a table created here; None: the registered
+            table's.
         rows: how many rows ``df`` holds, when the caller knows: a table created from ``df``
             then reports it instead of reading its history.
         stats_columns: when given, a table created here keeps Delta's file statistics (for
             data skipping) on these columns only (``delta.dataSkippingStatsColumns``): hashes
             and free text gain nothing from them and cost time at every write.
     """
-    path = table_path(warehouse, name)
+    table = ref(warehouse, name)
+    check_columns(df, table)
+    partitions = _partitioning(table, df, partition_by)
     cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
 
     def attempt() -> tuple[int, bool]:
-        if not exists(spark, path):
-            created = _create(spark, df, path, partition_by, rows=rows, stats_columns=stats_columns)
+        if not exists(spark, table):
+            created = _create(spark, df, table, partitions, rows=rows, stats_columns=stats_columns)
             if created is not None:
                 return created, True
-        table = DeltaTable.forPath(spark, path)
-        result = table.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
+        target = delta_table(spark, table)
+        result = target.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
         return _merge_metric(result, "num_inserted_rows"), False
 
-    return _retrying(path, attempt)
+    return _retrying(table, attempt)
 
 
 def merge_upsert(
     spark: SparkSession,
     df: DataFrame,
-    warehouse: str,
+    warehouse: Locations | str,
     name: str,
     keys: Sequence[str],
     delete_missing: bool = False,
 ) -> None:
     """Update matched rows, insert new ones and (optionally) delete rows absent from ``df``."""
-    path = table_path(warehouse, name)
+    table = ref(warehouse, name)
+    check_columns(df, table)
+    partitions = _partitioning(table, df, None)
     cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
 
     def attempt() -> None:
-        if not exists(spark, path) and _create(spark, df, path, (), rows=0) is not None:
+        if not exists(spark, table) and _create(spark, df, table, partitions, rows=0) is not None:
             return
         m = (
-            DeltaTable.forPath(spark, path)
+            delta_table(spark, table)
             .alias("t")
             .merge(df.alias("s"), cond)
             .whenMatchedUpdateAll()
@@ -288,35 +479,35 @@ def merge_upsert(
             m = m.whenNotMatchedBySourceDelete()
         m.execute()
 
-    _retrying(path, attempt)
+    _retrying(table, attempt)
 
 
 def _create(
     spark: SparkSession,
     df: DataFrame,
-    path: str,
+    table: TableRef,
     partition_by: Sequence[str],
     rows: int | None = None,
     stats_columns: Sequence[str] = (),
 ) -> int | None:
-    """Create the table at ``path`` from ``df``; the rows written (``rows`` when the caller
-    gives it: the table's history is then not read), or None when another writer created it
-    first (then the caller MERGEs into it)."""
+    """Create ``table`` from ``df``; the rows written (``rows`` when the caller gives it: the
+    table's history is then not read), or None when another writer created it first (then the
+    caller MERGEs into it)."""
     writer = df.write.format("delta").mode("errorifexists")
     if stats_columns:
         writer = writer.option("delta.dataSkippingStatsColumns", ",".join(stats_columns))
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     try:
-        writer.save(path)
+        _save(writer, table)
     except Exception as e:
-        if conflict_kind(e) is not None or exists(spark, path):
+        if conflict_kind(e) is not None or exists(spark, table):
             return None  # lost the race to create it: the table is there now
         raise
     if rows is not None:
         return rows
     # Version 0 is this write's commit (errorifexists): read its metrics, not the latest one.
-    return _operation_metric(spark, path, 0, ("numOutputRows",))
+    return _operation_metric(spark, table, 0, ("numOutputRows",))
 
 
 def _merge_metric(result: DataFrame | None, name: str) -> int:
@@ -327,9 +518,11 @@ def _merge_metric(result: DataFrame | None, name: str) -> int:
     return int(row[name]) if row is not None and row[name] is not None else 0
 
 
-def _operation_metric(spark: SparkSession, path: str, version: int, names: Sequence[str]) -> int:
-    """A metric of the commit ``version`` of the table at ``path`` (not of the latest one)."""
-    history = DeltaTable.forPath(spark, path).history()
+def _operation_metric(
+    spark: SparkSession, table: TableRef, version: int, names: Sequence[str]
+) -> int:
+    """A metric of the commit ``version`` of ``table`` (not of the latest one)."""
+    history = delta_table(spark, table).history()
     row = history.where(history["version"] == version).select("operationMetrics").first()
     metrics = (row["operationMetrics"] if row else None) or {}
     for n in names:

@@ -57,21 +57,21 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     raw_items = tables.read(spark, wh, tables.SILVER_ITEMS)
     require_columns(
-        raw_items.columns, [ITEM_ID, TEXT, TEXT_HASH], tables.table_path(wh, tables.SILVER_ITEMS)
+        raw_items.columns, [ITEM_ID, TEXT, TEXT_HASH], str(tables.ref(wh, tables.SILVER_ITEMS))
     )
     interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
     require_columns(
         interactions.columns,
         [USER_ID, ITEM_ID, WEIGHT],
-        tables.table_path(wh, tables.SILVER_INTERACTIONS),
+        str(tables.ref(wh, tables.SILVER_INTERACTIONS)),
     )
     existing = None
-    if tables.exists(spark, tables.table_path(wh, tables.GOLD_ITEM_EMBEDDINGS)):
+    if tables.exists(spark, tables.ref(wh, tables.GOLD_ITEM_EMBEDDINGS)):
         existing = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
         require_columns(
             existing.columns,
             [ITEM_ID, EMBEDDING, MODEL_NAME, TEXT_HASH],
-            tables.table_path(wh, tables.GOLD_ITEM_EMBEDDINGS),
+            str(tables.ref(wh, tables.GOLD_ITEM_EMBEDDINGS)),
         )
 
     items = prepare_items(raw_items)

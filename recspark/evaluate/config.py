@@ -21,7 +21,7 @@ class EvaluateConfig:
     als_reg: tuple[float, ...] = field(default_factory=lambda: (0.01, 0.1))
     als_max_iter: int = 10
     als_alpha: float = 1.0
-    # Write report.md and metrics.png under <warehouse>/reports/<run_id>/.
+    # Write report.md and metrics.png under <files>/reports/<run_id>/.
     report: bool = True
 
     def __post_init__(self) -> None:

@@ -4,7 +4,7 @@ Reads ``silver/interactions`` and ``silver/items`` (plus ``silver/events`` and
 ``gold/item_embeddings`` for the recspark model, trained with ``recspark.train.api.fit`` on
 the training split only); writes one row per (model, metric, k) of the run into
 ``gold/metrics`` (upsert: rerunning a run id replaces its rows) and a report with a plot under
-``<warehouse>/reports/<run_id>/``.
+``<files>/reports/<run_id>/`` (the file location, see :mod:`recspark.storage`).
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ def _quarantine(
     """Insert each input's rejected records into ``silver/quarantine`` (MERGE on the record
     key); sets each summary's ``quarantine_inserted``. A table that does not exist yet is
     created in one write from all inputs."""
-    if not T.exists(spark, T.table_path(cfg.warehouse, T.SILVER_QUARANTINE)):
+    if not T.exists(spark, T.ref(cfg.warehouse, T.SILVER_QUARANTINE)):
         union = reduce(DataFrame.unionByName, [df for _, df in parts])
         rows = sum(s["quarantined"] for s, _ in parts)
         total, created = T.insert_new(

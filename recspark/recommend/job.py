@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -94,14 +93,12 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         tables.overwrite(recs, wh, tables.GOLD_RECOMMENDATIONS)
     finally:
         catalog.unpersist()
-    path = tables.table_path(wh, tables.GOLD_RECOMMENDATIONS)
-    written = spark.read.format("delta").load(path)
+    written = tables.read(spark, wh, tables.GOLD_RECOMMENDATIONS)
     stats = written.agg(
         F.count(F.lit(1)).alias("rows"),
         F.countDistinct(USER_ID).alias("users"),
         F.countDistinct(ITEM_ID).alias("distinct_items"),
     ).first()
-    history = DeltaTable.forPath(spark, path).history(1).select("version").first()
     return {
         "stage": "recommend",
         "run_id": run_id,
@@ -110,5 +107,5 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "users": int(stats["users"]) if stats else 0,
         "distinct_items": int(stats["distinct_items"]) if stats else 0,
         "items_scored": len(index.ids),
-        "table_version": int(history["version"]) if history else 0,
+        "table_version": tables.version(spark, tables.ref(wh, tables.GOLD_RECOMMENDATIONS)),
     }

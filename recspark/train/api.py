@@ -326,7 +326,7 @@ def fit(
         metrics[f"val_recall_at_{k}"] = float(best[0][f"val_recall_at_{k}"])
     if final:
         metrics["final_train_loss"] = float(final[-1]["train_loss"])
-    uri = tc.mlflow_tracking_uri or default_tracking_uri(cfg.locations().files)
+    uri = tc.mlflow_tracking_uri or default_tracking_uri(cfg.locations())
     params = {f"train.{k2}": v for k2, v in to_dict(tc).items()}
     params.update({"seed": cfg.seed, "num_proc": plan.num_proc, "model_version": version})
     run_id = log_training(

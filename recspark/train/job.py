@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
@@ -17,11 +16,7 @@ from recspark.train.plan import model_version
 
 
 def _input_versions(spark: SparkSession, warehouse: str, names: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for name in names:
-        row = DeltaTable.forPath(spark, tables.table_path(warehouse, name)).history(1).first()
-        out[name] = int(row["version"]) if row is not None else -1
-    return out
+    return {name: tables.version(spark, tables.ref(warehouse, name)) for name in names}
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:

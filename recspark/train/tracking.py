@@ -6,13 +6,14 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from recspark.storage import file_url, join
+from recspark.storage import Locations, file_url
 from recspark.train.reader import local_path
 
 
-def default_tracking_uri(files: str) -> str:
-    """A file store under ``<files>/mlruns`` (an absolute ``file://`` URI for file paths)."""
-    return file_url(join(files, "mlruns"))
+def default_tracking_uri(where: Locations) -> str:
+    """A file store in the file location's MLflow folder (:attr:`Locations.mlflow`,
+    ``<files>/mlruns``; an absolute ``file://`` URI for file paths)."""
+    return file_url(where.mlflow)
 
 
 def log_training(
