@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark import StorageLevel
 from pyspark.errors import PySparkException
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark import tables
@@ -42,19 +44,9 @@ def _count(df: Any) -> int:
     return int(df.count())
 
 
-def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Embed new and changed items, refresh user embeddings, return a summary.
-
-    Raises:
-        ModelError: the model folder is missing, incomplete or unreadable.
-        StageNotReadyError: ``silver/items`` or ``silver/interactions`` does not exist.
-        SchemaError: an input table lacks a needed column.
-    """
-    t0 = time.perf_counter()
-    ecfg = cfg.embed
-    settings = encode_settings(ecfg)  # checks the model folder before any Spark work
-    wh = cfg.warehouse
-
+def _read_inputs(spark: SparkSession, wh: str) -> tuple[DataFrame, DataFrame, DataFrame | None]:
+    """``silver/items``, ``silver/interactions`` and ``gold/item_embeddings`` (None before the
+    first run), each checked for the columns embed needs."""
     raw_items = tables.read(spark, wh, tables.SILVER_ITEMS)
     require_columns(
         raw_items.columns, [ITEM_ID, TEXT, TEXT_HASH], str(tables.ref(wh, tables.SILVER_ITEMS))
@@ -73,6 +65,87 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             [ITEM_ID, EMBEDDING, MODEL_NAME, TEXT_HASH],
             str(tables.ref(wh, tables.GOLD_ITEM_EMBEDDINGS)),
         )
+    return raw_items, interactions, existing
+
+
+def _run_model(spark: SparkSession, embedded: DataFrame) -> int:
+    """The one pass that runs the model over ``embedded`` (persisted by the caller); a worker's
+    model or missing-module failure becomes one line.
+
+    Raises:
+        ModelError: the model failed to load or run on an executor.
+        DependencyError: the executors' Python lacks a module.
+    """
+    try:
+        return _count(embedded)
+    except PySparkException as e:
+        found = _WORKER_MODEL_ERROR.search(str(e))
+        if found:
+            raise ModelError(found.group(1).strip()) from e
+        missing = _WORKER_MISSING_MODULE.search(str(e))
+        if missing:
+            python = spark.sparkContext.pythonExec
+            raise DependencyError(
+                f"the executors' Python ({python}) has no module '{missing.group(1)}': "
+                "point PYSPARK_PYTHON / spark.pyspark.python at the environment that has "
+                "recspark, torch and transformers"
+            ) from e
+        raise
+
+
+def _merge_embeddings(
+    spark: SparkSession,
+    wh: str,
+    *,
+    embedded: DataFrame,
+    items: DataFrame,
+    existing: DataFrame | None,
+    items_embedded: int,
+    items_removed: int,
+) -> None:
+    """MERGE the new and changed items into ``gold/item_embeddings``; with removed items, MERGE
+    the full desired table so that the MERGE also deletes them. Nothing changed: no commit."""
+    if existing is None:
+        tables.merge_upsert(spark, embedded, wh, tables.GOLD_ITEM_EMBEDDINGS, [ITEM_ID])
+    elif items_removed:
+        kept = existing.join(items.select(ITEM_ID), on=ITEM_ID, how="left_semi").join(
+            embedded.select(ITEM_ID), on=ITEM_ID, how="left_anti"
+        )
+        full = kept.select(*embedded.columns).unionByName(embedded)
+        tables.merge_upsert(
+            spark, full, wh, tables.GOLD_ITEM_EMBEDDINGS, [ITEM_ID], delete_missing=True
+        )
+    elif items_embedded:
+        tables.merge_upsert(spark, embedded, wh, tables.GOLD_ITEM_EMBEDDINGS, [ITEM_ID])
+
+
+@contextmanager
+def _arrow_batch_size(spark: SparkSession, size: int) -> Iterator[None]:
+    """Set the Arrow batch size of the pandas UDF for the body; restore the previous value."""
+    previous = spark.conf.get(ARROW_BATCH_CONF, None)
+    spark.conf.set(ARROW_BATCH_CONF, str(size))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(ARROW_BATCH_CONF)
+        else:
+            spark.conf.set(ARROW_BATCH_CONF, previous)
+
+
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Embed new and changed items, refresh user embeddings, return a summary.
+
+    Raises:
+        ModelError: the model folder is missing, incomplete or unreadable.
+        StageNotReadyError: ``silver/items`` or ``silver/interactions`` does not exist.
+        SchemaError: an input table lacks a needed column.
+    """
+    t0 = time.perf_counter()
+    ecfg = cfg.embed
+    settings = encode_settings(ecfg)  # checks the model folder before any Spark work
+    wh = cfg.warehouse
+    raw_items, interactions, existing = _read_inputs(spark, wh)
 
     items = prepare_items(raw_items)
     counts = raw_items.agg(
@@ -87,51 +160,27 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     items_removed = _count(removed) if removed is not None else 0
 
     num_partitions = ecfg.num_partitions or spark.sparkContext.defaultParallelism
-    previous_arrow = spark.conf.get(ARROW_BATCH_CONF, None)
-    spark.conf.set(ARROW_BATCH_CONF, str(ecfg.arrow_batch_size))
-    embedded = embed_items(
-        items, settings, existing=existing, num_partitions=num_partitions
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    t_embed = time.perf_counter()
-    try:
+    with _arrow_batch_size(spark, ecfg.arrow_batch_size):
+        embedded = embed_items(
+            items, settings, existing=existing, num_partitions=num_partitions
+        ).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            # The one pass that runs the model; the MERGE below reads the persisted rows
-            # (a MERGE scans its source twice, which must not run the model twice).
-            items_embedded = _count(embedded)
-        except PySparkException as e:
-            found = _WORKER_MODEL_ERROR.search(str(e))
-            if found:
-                raise ModelError(found.group(1).strip()) from e
-            missing = _WORKER_MISSING_MODULE.search(str(e))
-            if missing:
-                python = spark.sparkContext.pythonExec
-                raise DependencyError(
-                    f"the executors' Python ({python}) has no module '{missing.group(1)}': "
-                    "point PYSPARK_PYTHON / spark.pyspark.python at the environment that has "
-                    "recspark, torch and transformers"
-                ) from e
-            raise
-        embed_seconds = time.perf_counter() - t_embed
-
-        if existing is None:
-            tables.merge_upsert(spark, embedded, wh, tables.GOLD_ITEM_EMBEDDINGS, [ITEM_ID])
-        elif items_removed:
-            # The full desired table, so that the MERGE can also delete removed items.
-            kept = existing.join(items.select(ITEM_ID), on=ITEM_ID, how="left_semi").join(
-                embedded.select(ITEM_ID), on=ITEM_ID, how="left_anti"
+            t_embed = time.perf_counter()
+            # The MERGE reads the persisted rows (it scans its source twice, which must not
+            # run the model twice).
+            items_embedded = _run_model(spark, embedded)
+            embed_seconds = time.perf_counter() - t_embed
+            _merge_embeddings(
+                spark,
+                wh,
+                embedded=embedded,
+                items=items,
+                existing=existing,
+                items_embedded=items_embedded,
+                items_removed=items_removed,
             )
-            full = kept.select(*embedded.columns).unionByName(embedded)
-            tables.merge_upsert(
-                spark, full, wh, tables.GOLD_ITEM_EMBEDDINGS, [ITEM_ID], delete_missing=True
-            )
-        elif items_embedded:
-            tables.merge_upsert(spark, embedded, wh, tables.GOLD_ITEM_EMBEDDINGS, [ITEM_ID])
-    finally:
-        embedded.unpersist()
-        if previous_arrow is None:
-            spark.conf.unset(ARROW_BATCH_CONF)
-        else:
-            spark.conf.set(ARROW_BATCH_CONF, previous_arrow)
+        finally:
+            embedded.unpersist()
 
     gold_items = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
     tables.overwrite(user_embeddings(interactions, gold_items), wh, tables.GOLD_USER_EMBEDDINGS)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -221,105 +222,29 @@ def topk_scores(
         ValueError: on mismatched dimensions, non-finite vectors, unequal exclusion arrays,
             a bad candidate mask or a block size below 1.
     """
-    n_users, dim = user_vecs.shape
-    n_items = item_vecs.shape[0]
-    if dim != item_vecs.shape[1]:
-        raise ValueError(f"user vectors have {dim} dims but item vectors have {item_vecs.shape[1]}")
-    if not (bool(torch.isfinite(user_vecs).all()) and bool(torch.isfinite(item_vecs).all())):
-        raise ValueError("user and item vectors must be finite (found NaN or infinity)")
-    for name, size in (
-        ("user_block_size", user_block_size),
-        ("item_block_size", item_block_size),
-        ("group_size", group_size),
-    ):
-        if size < 1:
-            raise ValueError(f"{name} must be >= 1, found {size}")
-    ex_rows = np.empty(0, np.int64) if exclude_rows is None else np.asarray(exclude_rows, np.int64)
-    ex_items = (
-        np.empty(0, np.int64) if exclude_items is None else np.asarray(exclude_items, np.int64)
+    ex_rows, ex_items = _check_inputs(
+        user_vecs,
+        item_vecs,
+        exclude_rows,
+        exclude_items,
+        (user_block_size, item_block_size, group_size),
     )
-    if ex_rows.shape != ex_items.shape:
-        raise ValueError("exclude_rows and exclude_items must have the same length")
     if candidates is not None:
         sizes = (user_block_size, item_block_size, group_size, workers)
         return _topk_among(user_vecs, item_vecs, k, candidates, ex_rows, ex_items, sizes)
+    n_users, n_items = user_vecs.shape[0], item_vecs.shape[0]
     kk = max(0, min(k, n_items))
     device, dtype = user_vecs.device, user_vecs.dtype
     out_vals = torch.full((n_users, kk), NEG_INF, dtype=dtype, device=device)
     out_idx = torch.zeros((n_users, kk), dtype=torch.int64, device=device)
     if kk == 0 or n_users == 0:
         return out_vals, out_idx
-    g = min(group_size, n_items)
-    n_groups = -(-n_items // g)
-    n_pad = n_groups * g
-    items_p = item_vecs.contiguous()
-    if n_pad > n_items:  # zero vectors, scored -inf below
-        items_p = torch.cat([item_vecs, item_vecs.new_zeros((n_pad - n_items, dim))])
-    item_groups = items_p.view(n_groups, g, dim)
-    ib = max(1, item_block_size // g) * g
-    item_blocks = plan_blocks(n_pad, ib)
-    n_pick = min(kk, n_groups)
-    margin = rounding_margin(dim, dtype) * float(item_vecs.norm(dim=1).max())
-    offsets = torch.arange(g, device=device)
+    grouped = _Grouped.of(item_vecs, kk, group_size, item_block_size)
     order = np.lexsort((ex_items, ex_rows))
-    ex_rows, ex_items = ex_rows[order], ex_items[order]
+    excluded = (ex_rows[order], ex_items[order])
 
     def score(user_blocks: list[tuple[int, int]]) -> None:
-        # Buffers reused block after block: fresh large tensors cost page faults every time.
-        max_nb = max(u1 - u0 for u0, u1 in user_blocks)
-        score_buf = torch.empty(min(ib, n_pad) * max_nb, dtype=dtype, device=device)
-        gmax_buf = torch.empty(n_groups * max_nb, dtype=dtype, device=device)
-        cand_buf = torch.empty((max_nb * n_pick, g, dim), dtype=dtype, device=device)
-        for u0, u1 in user_blocks:
-            nb = u1 - u0
-            users = user_vecs[u0:u1]
-            lo, hi = np.searchsorted(ex_rows, [u0, u1], side="left")
-            by_item = np.argsort(ex_items[lo:hi], kind="stable")
-            b_items_np = ex_items[lo:hi][by_item]
-            b_rows = torch.from_numpy(ex_rows[lo:hi][by_item] - u0).to(device)
-            b_items = torch.from_numpy(b_items_np).to(device)
-            # Items along rows: the group max reduces the middle axis of (groups, g, users),
-            # which vectorises across users.
-            gmax_t = gmax_buf[: n_groups * nb].view(n_groups, nb)
-            users_t = users.T
-            for i0, i1 in item_blocks:
-                scores = torch.mm(
-                    items_p[i0:i1], users_t, out=score_buf[: (i1 - i0) * nb].view(-1, nb)
-                )
-                if i1 > n_items:
-                    scores[n_items - i0 :] = NEG_INF
-                a, b = np.searchsorted(b_items_np, [i0, i1], side="left")
-                if b > a:
-                    scores[b_items[a:b] - i0, b_rows[a:b]] = NEG_INF
-                torch.amax(scores.view(-1, g, nb), dim=1, out=gmax_t[i0 // g : i1 // g])
-            if n_groups > kk:
-                gvals, gidx = torch.topk(gmax_t.T, kk + 1, dim=1)
-                kth, nxt = gvals[:, kk - 1], gvals[:, kk]
-                undecided = (kth > NEG_INF) & ~(kth - nxt > margin * users.norm(dim=1))
-                chosen = gidx[:, :kk].sort(dim=1).values
-            else:
-                chosen = torch.arange(n_groups, device=device).expand(nb, -1)
-                undecided = torch.zeros(nb, dtype=torch.bool, device=device)
-            # Sorted disjoint groups give candidates in ascending item order, so select_topk's
-            # tie-break by column is the tie-break by item index.
-            cand = (chosen.unsqueeze(2) * g + offsets).reshape(nb, -1)
-            cand_vecs = torch.index_select(
-                item_groups, 0, chosen.reshape(-1), out=cand_buf[: nb * n_pick]
-            ).view(nb, -1, dim)
-            cand_scores = torch.bmm(users.unsqueeze(1), cand_vecs.transpose(1, 2)).squeeze(1)
-            invalid = cand >= n_items
-            if b_rows.numel():
-                keys = b_rows * n_pad + b_items
-                invalid |= torch.isin(
-                    torch.arange(nb, device=device).unsqueeze(1) * n_pad + cand, keys
-                )
-            cand_scores.masked_fill_(invalid, NEG_INF)
-            vals, pos = select_topk(cand_scores, kk, check_nan=False)
-            idx = cand.gather(1, pos)
-            if bool(undecided.any()):
-                rows = torch.nonzero(undecided).flatten()
-                vals[rows], idx[rows] = _topk_in_full(users, item_vecs, kk, rows, b_rows, b_items)
-            out_vals[u0:u1], out_idx[u0:u1] = vals, idx
+        _score_user_blocks(user_vecs, grouped, kk, excluded, user_blocks, (out_vals, out_idx))
 
     user_blocks = plan_blocks(n_users, user_block_size)
     if workers <= 1 or len(user_blocks) == 1:
@@ -329,6 +254,178 @@ def topk_scores(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(score, [user_blocks[w::workers] for w in range(workers)]))
     return out_vals, out_idx
+
+
+def _check_inputs(
+    user_vecs: torch.Tensor,
+    item_vecs: torch.Tensor,
+    exclude_rows: np.ndarray | None,
+    exclude_items: np.ndarray | None,
+    sizes: tuple[int, int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check :func:`topk_scores`' arguments; return the exclusions as int64 arrays."""
+    dim = user_vecs.shape[1]
+    if dim != item_vecs.shape[1]:
+        raise ValueError(f"user vectors have {dim} dims but item vectors have {item_vecs.shape[1]}")
+    if not (bool(torch.isfinite(user_vecs).all()) and bool(torch.isfinite(item_vecs).all())):
+        raise ValueError("user and item vectors must be finite (found NaN or infinity)")
+    for name, size in zip(("user_block_size", "item_block_size", "group_size"), sizes, strict=True):
+        if size < 1:
+            raise ValueError(f"{name} must be >= 1, found {size}")
+    ex_rows = np.empty(0, np.int64) if exclude_rows is None else np.asarray(exclude_rows, np.int64)
+    ex_items = (
+        np.empty(0, np.int64) if exclude_items is None else np.asarray(exclude_items, np.int64)
+    )
+    if ex_rows.shape != ex_items.shape:
+        raise ValueError("exclude_rows and exclude_items must have the same length")
+    return ex_rows, ex_items
+
+
+@dataclass(frozen=True)
+class _Grouped:
+    """The items cut into groups of ``g`` consecutive items (zero-padded to whole groups) and
+    into blocks of whole groups, with what :func:`topk_scores` derives from that cut."""
+
+    items: torch.Tensor  # (n_pad, d): the padding rows are zero vectors, scored -inf
+    groups: torch.Tensor  # (n_groups, g, d), a view of ``items``
+    n_items: int
+    g: int
+    n_groups: int
+    block: int  # items per matrix product, whole groups
+    blocks: list[tuple[int, int]]
+    n_pick: int  # groups kept per user: min(k, n_groups)
+    margin: float  # rounding margin times the largest item norm
+    offsets: torch.Tensor  # 0..g-1
+
+    @property
+    def n_pad(self) -> int:
+        return self.n_groups * self.g
+
+    @staticmethod
+    def of(item_vecs: torch.Tensor, kk: int, group_size: int, item_block_size: int) -> _Grouped:
+        n_items, dim = item_vecs.shape
+        g = min(group_size, n_items)
+        n_groups = -(-n_items // g)
+        n_pad = n_groups * g
+        items = item_vecs.contiguous()
+        if n_pad > n_items:
+            items = torch.cat([item_vecs, item_vecs.new_zeros((n_pad - n_items, dim))])
+        block = max(1, item_block_size // g) * g
+        return _Grouped(
+            items=items,
+            groups=items.view(n_groups, g, dim),
+            n_items=n_items,
+            g=g,
+            n_groups=n_groups,
+            block=block,
+            blocks=plan_blocks(n_pad, block),
+            n_pick=min(kk, n_groups),
+            margin=rounding_margin(dim, item_vecs.dtype) * float(item_vecs.norm(dim=1).max()),
+            offsets=torch.arange(g, device=item_vecs.device),
+        )
+
+
+def _score_user_blocks(
+    user_vecs: torch.Tensor,
+    gi: _Grouped,
+    kk: int,
+    excluded: tuple[np.ndarray, np.ndarray],
+    user_blocks: list[tuple[int, int]],
+    out: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """Write the top-``kk`` of each user block into ``out`` (values, indices); ``excluded``:
+    the (row, item) pairs never to return, sorted by row then item."""
+    ex_rows, ex_items = excluded
+    device, dtype, dim = user_vecs.device, user_vecs.dtype, user_vecs.shape[1]
+    # Buffers reused block after block: fresh large tensors cost page faults every time.
+    max_nb = max(u1 - u0 for u0, u1 in user_blocks)
+    score_buf = torch.empty(min(gi.block, gi.n_pad) * max_nb, dtype=dtype, device=device)
+    gmax_buf = torch.empty(gi.n_groups * max_nb, dtype=dtype, device=device)
+    cand_buf = torch.empty((max_nb * gi.n_pick, gi.g, dim), dtype=dtype, device=device)
+    for u0, u1 in user_blocks:
+        nb = u1 - u0
+        users = user_vecs[u0:u1]
+        lo, hi = np.searchsorted(ex_rows, [u0, u1], side="left")
+        by_item = np.argsort(ex_items[lo:hi], kind="stable")
+        b_items_np = ex_items[lo:hi][by_item]
+        b_rows = torch.from_numpy(ex_rows[lo:hi][by_item] - u0).to(device)
+        b_items = torch.from_numpy(b_items_np).to(device)
+        gmax_t = gmax_buf[: gi.n_groups * nb].view(gi.n_groups, nb)
+        _group_maxima(users, gi, (b_rows, b_items, b_items_np), score_buf, gmax_t)
+        chosen, undecided = _choose_groups(gmax_t, users, gi, kk)
+        vals, idx = _rescore(users, gi, chosen, (b_rows, b_items), cand_buf, kk)
+        if bool(undecided.any()):
+            rows = torch.nonzero(undecided).flatten()
+            vals[rows], idx[rows] = _topk_in_full(
+                users, gi.items[: gi.n_items], kk, rows, b_rows, b_items
+            )
+        out[0][u0:u1], out[1][u0:u1] = vals, idx
+
+
+def _group_maxima(
+    users: torch.Tensor,
+    gi: _Grouped,
+    block_excluded: tuple[torch.Tensor, torch.Tensor, np.ndarray],
+    score_buf: torch.Tensor,
+    gmax_t: torch.Tensor,
+) -> None:
+    """Fill ``gmax_t`` (groups, users) with each group's best score, one item block at a time
+    while its scores are in cache; padding and excluded pairs score -inf."""
+    b_rows, b_items, b_items_np = block_excluded
+    nb = users.shape[0]
+    users_t = users.T
+    # Items along rows: the group max reduces the middle axis of (groups, g, users), which
+    # vectorises across users.
+    for i0, i1 in gi.blocks:
+        scores = torch.mm(gi.items[i0:i1], users_t, out=score_buf[: (i1 - i0) * nb].view(-1, nb))
+        if i1 > gi.n_items:
+            scores[gi.n_items - i0 :] = NEG_INF
+        a, b = np.searchsorted(b_items_np, [i0, i1], side="left")
+        if b > a:
+            scores[b_items[a:b] - i0, b_rows[a:b]] = NEG_INF
+        torch.amax(scores.view(-1, gi.g, nb), dim=1, out=gmax_t[i0 // gi.g : i1 // gi.g])
+
+
+def _choose_groups(
+    gmax_t: torch.Tensor, users: torch.Tensor, gi: _Grouped, kk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each user's ``kk`` best groups in ascending group order, and the users whose cut
+    between the ``kk``-th and the next group is within float rounding (scored in full)."""
+    nb, device = users.shape[0], users.device
+    if gi.n_groups > kk:
+        gvals, gidx = torch.topk(gmax_t.T, kk + 1, dim=1)
+        kth, nxt = gvals[:, kk - 1], gvals[:, kk]
+        undecided = (kth > NEG_INF) & ~(kth - nxt > gi.margin * users.norm(dim=1))
+        return gidx[:, :kk].sort(dim=1).values, undecided
+    chosen = torch.arange(gi.n_groups, device=device).expand(nb, -1)
+    return chosen, torch.zeros(nb, dtype=torch.bool, device=device)
+
+
+def _rescore(
+    users: torch.Tensor,
+    gi: _Grouped,
+    chosen: torch.Tensor,
+    block_excluded: tuple[torch.Tensor, torch.Tensor],
+    cand_buf: torch.Tensor,
+    kk: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Score the items of the chosen groups again and select the top-``kk`` among them."""
+    b_rows, b_items = block_excluded
+    nb, dim, device = users.shape[0], users.shape[1], users.device
+    # Sorted disjoint groups give candidates in ascending item order, so select_topk's
+    # tie-break by column is the tie-break by item index.
+    cand = (chosen.unsqueeze(2) * gi.g + gi.offsets).reshape(nb, -1)
+    cand_vecs = torch.index_select(
+        gi.groups, 0, chosen.reshape(-1), out=cand_buf[: nb * gi.n_pick]
+    ).view(nb, -1, dim)
+    cand_scores = torch.bmm(users.unsqueeze(1), cand_vecs.transpose(1, 2)).squeeze(1)
+    invalid = cand >= gi.n_items
+    if b_rows.numel():
+        keys = b_rows * gi.n_pad + b_items
+        invalid |= torch.isin(torch.arange(nb, device=device).unsqueeze(1) * gi.n_pad + cand, keys)
+    cand_scores.masked_fill_(invalid, NEG_INF)
+    vals, pos = select_topk(cand_scores, kk, check_nan=False)
+    return vals, cand.gather(1, pos)
 
 
 def _topk_in_full(
