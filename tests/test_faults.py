@@ -29,8 +29,8 @@ from recspark import schema as S
 from recspark import tables as T
 from recspark.cli import (
     check_writable,
+    exit_status,
     local_warehouse_dir,
-    main,
     run_stages,
     storage_failure,
 )
@@ -156,13 +156,13 @@ def test_preflight_errors_are_one_line_before_spark_starts(
 ) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    code = main(["ingest", "--config", CONFIG, "--set", f"warehouse={blocker}/wh"])
+    code = exit_status(["ingest", "--config", CONFIG, "--set", f"warehouse={blocker}/wh"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == StorageError.exit_code and len(err) == 1
     assert err[0].startswith("recspark: error: warehouse") and str(blocker) in err[0]
     missing = tmp_path / "no_model"
     args = ["--set", f"warehouse={tmp_path}/wh", "--set", f"embed.model={missing}"]
-    code = main(["embed", "--config", CONFIG, *args])
+    code = exit_status(["embed", "--config", CONFIG, *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == ModelError.exit_code and len(err) == 1 and str(missing) in err[0]
 
