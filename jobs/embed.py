@@ -5,4 +5,4 @@ import sys
 from recspark.jobs import stage_main
 
 if __name__ == "__main__":
-    sys.exit(stage_main("embed", sys.argv[1:]))
+    stage_main("embed", sys.argv[1:])  # SystemExit(code) on failure

@@ -2,7 +2,10 @@
 ``jobs/<stage>.py`` call under spark-submit.
 
 User errors (bad config, missing input, unreadable model, ...) end with one line on stderr and a
-non-zero exit; only bugs show a traceback.
+non-zero exit; only bugs show a traceback. :func:`main` (the console script, the function a
+Databricks ``python_wheel_task`` calls, and the body of ``jobs/<stage>.py``) raises
+``SystemExit(code)`` on failure, since a platform that calls the function ignores its return
+value; :func:`exit_status` is the same work returning the code.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from recspark.config import DEFAULT_CONFIG, Config, load_config
 from recspark.errors import RecsparkError, StorageError
 from recspark.log import LEVELS, get_logger, set_level
 from recspark.progress import progress
-from recspark.session import configure
+from recspark.session import configure, require_delta
 from recspark.storage import local_path, local_warehouse_dir
 
 STAGES: tuple[str, ...] = ("generate", "ingest", "embed", "train", "recommend", "evaluate")
@@ -107,8 +110,14 @@ def storage_failure(text: str, warehouse: str) -> str | None:
 
 
 def build_session(cfg: Config) -> SparkSession:
-    """The session for a run, from the one factory in ``recspark.session``."""
-    return configure(SparkSession.builder, cfg.spark).getOrCreate()
+    """The session for a run, from the one factory in ``recspark.session``.
+
+    Raises:
+        DependencyError: the session's JVM lacks the Delta jars (one line naming the fix).
+    """
+    session = configure(SparkSession.builder, cfg.spark).getOrCreate()
+    require_delta(session)
+    return session
 
 
 def run_stages(
@@ -173,7 +182,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def exit_status(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` (default ``sys.argv[1:]``) and return its exit status.
+
+    0 on success; a user error prints one ``recspark: error: ...`` line and returns the error's
+    ``exit_code`` (2-5, see :mod:`recspark.errors`); 130 on Ctrl-C. Bad arguments raise
+    argparse's ``SystemExit(2)``; bugs raise.
+    """
     args = parser().parse_args(argv)
     set_level(args.log_level)
     cfg: Config | None = None
@@ -205,10 +220,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``recspark`` command: :func:`exit_status`, with ``SystemExit(code)`` when it fails.
+
+    Callers that ignore the return value (Databricks' wheel launcher, ``spark-submit``) still
+    see the failure.
+    """
+    code = exit_status(argv)
+    if code != 0:
+        raise SystemExit(code)
+
+
 def _one_line(text: str) -> str:
     """Error messages are one line (a wrapped Java message may carry newlines)."""
     return " ".join(text.split())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

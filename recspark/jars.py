@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from recspark.errors import DependencyError
@@ -33,6 +34,33 @@ def delta_coordinates(version: str | None = None) -> list[str]:
     """Maven coordinates of the jars Delta needs on top of Spark's own."""
     v = version or delta_version()
     return [f"io.delta:delta-spark_{SCALA_VERSION}:{v}", f"io.delta:delta-storage:{v}"]
+
+
+# Classes a session needs from the Delta jars: the SQL extension and the Python API's entry.
+DELTA_CLASSES: tuple[str, ...] = (
+    "io.delta.sql.DeltaSparkSessionExtension",
+    "io.delta.tables.DeltaTable",
+)
+
+
+def missing_delta_message(
+    version: str, jar_paths: Sequence[str] | None, missing: Sequence[str] = ()
+) -> str:
+    """The one-line error for a Spark session whose JVM lacks the Delta classes.
+
+    Names the fix: ``--packages`` with the coordinates of the installed delta-spark
+    ``version``, or ``--jars`` with ``jar_paths`` (the cached jars, when resolved).
+    """
+    what = f" ({', '.join(missing)} not found)" if missing else ""
+    packages = f"io.delta:delta-spark_{SCALA_VERSION}:{version}"
+    if jar_paths:
+        jars = f"--jars {','.join(jar_paths)}"
+    else:
+        jars = f"--jars with the delta-spark_{SCALA_VERSION} and delta-storage {version} jars"
+    return (
+        f"Delta Lake is not on the Spark classpath{what}: add --packages {packages} to "
+        f"spark-submit, or {jars}; run locally, set spark.configure_delta_jars: true"
+    )
 
 
 def default_cache() -> Path:

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from recspark.cli import main
 
 
-def stage_main(stage: str, argv: Sequence[str]) -> int:
-    """Run ``stage`` exactly as ``recspark <stage> ARGS`` does."""
-    return main([stage, *argv])
+def stage_main(stage: str, argv: Sequence[str]) -> None:
+    """Run ``stage`` exactly as ``recspark <stage> ARGS`` does: ``SystemExit(code)`` on failure
+    (spark-submit then exits with that code)."""
+    main([stage, *argv])
 
 
 if __name__ == "__main__":
-    sys.exit(stage_main(sys.argv[1], sys.argv[2:]))
+    stage_main(sys.argv[1], sys.argv[2:])

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from pyspark.sql import SparkSession
 
 from recspark.config import REDACTED, SECRET_KEY_PATTERN, SparkConfig, is_secret_key, redact_text
-from recspark.jars import default_cache, ensure_delta_jars
+from recspark.errors import DependencyError
+from recspark.jars import (
+    DELTA_CLASSES,
+    cached_jars,
+    default_cache,
+    delta_version,
+    ensure_delta_jars,
+    missing_delta_message,
+)
 
 
 def redact(conf: Mapping[str, str]) -> dict[str, str]:
@@ -94,3 +102,50 @@ def configure(builder: SparkSession.Builder, cfg: SparkConfig) -> SparkSession.B
     for key, value in settings.items():
         builder = builder.config(key, value)
     return builder
+
+
+def missing_jvm_classes(spark: SparkSession, names: Sequence[str]) -> list[str] | None:
+    """The classes of ``names`` that the session's JVM cannot load, in order.
+
+    Classes are looked up as Py4J (hence Delta's Python API) does, through the gateway thread's
+    context class loader, which sees ``spark.jars`` / ``--jars`` / ``--packages``. None when the
+    JVM cannot be asked (a Spark Connect session, or a cluster whose Py4J security refuses the
+    call): nothing is known to be missing then.
+    """
+    from py4j.protocol import Py4JError, Py4JJavaError
+
+    try:
+        jvm = spark._jvm  # the one way to ask the driver's JVM
+        if jvm is None:
+            return None
+        thread = jvm.java.lang.Thread.currentThread()
+        loader = thread.getContextClassLoader()
+        forname = jvm.java.lang.Class.forName
+    except Exception:
+        return None
+    missing: list[str] = []
+    for name in names:
+        try:
+            forname(name, False, loader)
+        except Py4JJavaError as e:
+            if "ClassNotFoundException" not in str(e.java_exception.getClass().getName()):
+                return None
+            missing.append(name)
+        except Py4JError:
+            return None
+    return missing
+
+
+def require_delta(spark: SparkSession) -> None:
+    """Stop with one line naming the fix when the session's JVM lacks the Delta jars.
+
+    Without this, a spark-submit run without ``--packages``/``--jars`` ends in a Java
+    ``ClassNotFoundException`` and ``TypeError: 'JavaPackage' object is not callable``.
+
+    Raises:
+        DependencyError: a Delta class is missing (``missing_delta_message``).
+    """
+    missing = missing_jvm_classes(spark, DELTA_CLASSES)
+    if missing:
+        version = delta_version()
+        raise DependencyError(missing_delta_message(version, cached_jars(None, version), missing))

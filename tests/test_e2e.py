@@ -11,13 +11,19 @@ from pyspark.sql import functions as F
 from recspark import schema as S
 from recspark.cli import PIPELINE, run_stages
 from recspark.config import load_config
+from recspark.embed.config import EmbedConfig
+from recspark.evaluate.config import EvaluateConfig
+from recspark.recommend.config import RecommendConfig
+from recspark.train.config import TrainConfig
 
 
 @pytest.mark.slow
 def test_pipeline_end_to_end_keeps_the_contract(spark: SparkSession, tmp_path: Path) -> None:
+    """A new user's first run: a small generated input (2,000 events, 200 items, 100 users)
+    and every default of the stages (train: Horovod with 2 processes, 8 epochs; evaluate: the
+    ALS grid). Small inputs must train with the default train.num_proc."""
     wh = str(tmp_path / "wh")
     gen = tmp_path / "input"
-    k = 5
     cfg = load_config(
         None,
         [
@@ -25,25 +31,20 @@ def test_pipeline_end_to_end_keeps_the_contract(spark: SparkSession, tmp_path: P
             f"generate.output={gen}",
             f"input.events={gen}/events",
             f"input.items={gen}/items",
-            "generate.events=4000",
-            "generate.users=60",
-            "generate.items=80",
+            "generate.events=2000",
+            "generate.users=100",
+            "generate.items=200",
             "generate.bot_users=0",
-            f"recommend.k={k}",
-            "train.epochs=2",
-            "train.num_proc=2",
-            "train.launcher=horovod",
-            "train.dim=16",
-            "train.batch_size=64",
-            "train.reader_workers=1",
-            "evaluate.als_ranks=[8]",
-            "evaluate.als_reg=[0.1]",
-            "evaluate.als_max_iter=5",
             "run_id=e2e",
         ],
     )
+    defaults = (TrainConfig(), EmbedConfig(), RecommendConfig(), EvaluateConfig())
+    assert (cfg.train, cfg.embed, cfg.recommend, cfg.evaluate) == defaults
+    k = cfg.recommend.k
     summaries = run_stages(["generate", *PIPELINE], cfg, spark=spark)
     assert [s["stage"] for s in summaries] == ["generate", *PIPELINE]
+    train = next(s for s in summaries if s["stage"] == "train")
+    assert train["metrics"]["train_examples"] + train["metrics"]["valid_examples"] > 0
 
     read = lambda name: spark.read.format("delta").load(f"{wh}/{name}")  # noqa: E731
     interactions = read("silver/interactions")

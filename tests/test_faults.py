@@ -29,8 +29,8 @@ from recspark import schema as S
 from recspark import tables as T
 from recspark.cli import (
     check_writable,
+    exit_status,
     local_warehouse_dir,
-    main,
     run_stages,
     storage_failure,
 )
@@ -156,13 +156,13 @@ def test_preflight_errors_are_one_line_before_spark_starts(
 ) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
-    code = main(["ingest", "--config", CONFIG, "--set", f"warehouse={blocker}/wh"])
+    code = exit_status(["ingest", "--config", CONFIG, "--set", f"warehouse={blocker}/wh"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == StorageError.exit_code and len(err) == 1
     assert err[0].startswith("recspark: error: warehouse") and str(blocker) in err[0]
     missing = tmp_path / "no_model"
     args = ["--set", f"warehouse={tmp_path}/wh", "--set", f"embed.model={missing}"]
-    code = main(["embed", "--config", CONFIG, *args])
+    code = exit_status(["embed", "--config", CONFIG, *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == ModelError.exit_code and len(err) == 1 and str(missing) in err[0]
 
@@ -480,7 +480,7 @@ def _resume_equals_whole_run(model_dir: Path, tmp_path: Path) -> None:
     whole = train_worker(spec("whole"), _WrappingComm())
     with pytest.raises(RuntimeError, match="injected failure"):
         train_worker(spec("killed", ("validate", 2)), _WrappingComm())
-    saved = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=False)
+    saved = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
     assert saved["optimizer"]["state"], "the checkpoint lacks the optimizer's moments"
     resumed = train_worker(spec("killed"), _WrappingComm())
     assert resumed["resumed_from"] == "validate:2"
@@ -500,7 +500,7 @@ def test_train_killed_after_a_checkpoint_resumes_from_it_and_a_corrupt_one_fails
     published = [p for p in (Path(wh) / "models").iterdir() if not p.name.endswith(".partial")]
     assert not published  # only a finished model is renamed to models/<version>
     # Epochs are short: the kill may land an epoch or two after the first checkpoint.
-    state = torch.load(ckpt, weights_only=False)["state"]
+    state = torch.load(ckpt, weights_only=True)["state"]
     killed_at = f"{state['phase']}:{state['epoch']}"
 
     # A torn copy of that checkpoint: one line naming it, nothing published or written.

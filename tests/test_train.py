@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pickle
@@ -31,13 +32,13 @@ from pyspark.sql.types import (
 
 from recspark import schema as S
 from recspark.config import Config
-from recspark.errors import ConfigError, LaunchError
+from recspark.errors import ConfigError, InputError, LaunchError, ModelError
 from recspark.ingest.transforms import build_interactions
 from recspark.train import dataset as ds
 from recspark.train.api import fit, item_vectors, user_vectors
 from recspark.train.config import TrainConfig
 from recspark.train.launch import run_training
-from recspark.train.loop import MODEL_FILE, TrainSpec, train_worker
+from recspark.train.loop import CHECKPOINT, MODEL_FILE, TrainSpec, load_checkpoint, train_worker
 from recspark.train.model import (
     ItemFeatures,
     ModelShape,
@@ -48,11 +49,14 @@ from recspark.train.model import (
     recency_weights,
 )
 from recspark.train.plan import (
+    DataPlan,
     LaunchPlan,
     is_local_master,
     model_version,
     plan_backend,
+    plan_data,
     plan_device,
+    plan_files,
     plan_launch,
     plan_num_proc,
     plan_threads,
@@ -167,6 +171,43 @@ def test_plan_num_proc_and_launch() -> None:
     assert not is_local_master("spark://host:7077") and not is_local_master(None)
     plan = plan_launch(TrainConfig(launcher="horovod", num_proc=2), slots=4, cores=2, master="yarn")
     assert plan == LaunchPlan("horovod", 2, "gloo", False, 0.004, 1, False)
+
+
+def test_plan_files_cuts_rows_into_near_equal_files() -> None:
+    assert plan_files(1000, 8) == (8, 125)
+    assert plan_files(1001, 8) == (8, 126)  # 7 x 126 + 119: every file within one row
+    assert plan_files(3, 8) == (3, 1)  # fewer rows than files: one row per file
+    assert plan_files(0, 8) == (1, 1)  # an empty data set is still written (one empty file)
+    for rows, files in ((1000, 8), (17, 4), (5, 2), (2, 8)):
+        parts, per_file = plan_files(rows, files)
+        # Spark's writer cuts each partition at per_file rows: even one coalesced partition
+        # gives `parts` files.
+        assert math.ceil(rows / per_file) == parts
+    with pytest.raises(ValueError, match="files"):
+        plan_files(10, 0)
+
+
+def test_plan_data_uses_fewer_workers_or_no_validation_and_says_so() -> None:
+    plenty = plan_data(2, train_groups=8, all_groups=8, train_rows=900, valid_rows=100)
+    assert plenty == DataPlan(workers=2, validate=True, notes=())
+    # Every example after the cut (a short history): the final phase only, on all examples;
+    # the empty train set (one file, no row group) does not limit the workers.
+    late = plan_data(2, train_groups=0, all_groups=8, train_rows=0, valid_rows=300)
+    assert late.workers == 2 and not late.validate
+    assert len(late.notes) == 1 and "no examples before the validation cut" in late.notes[0]
+    none_after = plan_data(1, train_groups=8, all_groups=8, train_rows=300, valid_rows=0)
+    assert not none_after.validate and "after the validation cut" in none_after.notes[0]
+    # Fewer row groups than train.num_proc: fewer workers, with a note that says why.
+    few = plan_data(4, train_groups=1, all_groups=3, train_rows=1, valid_rows=2)
+    assert few.workers == 1 and few.validate
+    assert "1 worker(s) instead of train.num_proc=4" in few.notes[-1]
+    assert plan_data(4, 0, 3, 0, 3).workers == 3
+    with pytest.raises(InputError, match="no training examples"):
+        plan_data(2, train_groups=0, all_groups=0, train_rows=0, valid_rows=0)
+    # The launch follows: fewer processes, learning rate and threads scaled to them.
+    cfg = TrainConfig(launcher="horovod", num_proc=2)
+    capped = plan_launch(cfg, slots=4, cores=2, master="yarn", max_proc=few.workers)
+    assert capped == LaunchPlan("horovod", 1, "gloo", False, 0.002, 2, False)
 
 
 def test_model_version_is_stable_and_checked() -> None:
@@ -540,8 +581,63 @@ def test_killed_run_resumes_from_its_checkpoint(fitted: dict[str, Any], tmp_path
     assert resumed["digest"] == whole["digest"]
 
 
+class _Payload:
+    """What a tampered checkpoint holds: an object whose unpickling runs code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def test_a_checkpoint_or_model_with_a_pickled_object_is_refused(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    path = tmp_path / CHECKPOINT
+    path.parent.mkdir(parents=True)
+    good = {
+        "model": {"w": torch.ones(2, 3)},
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(1.0)}},
+            "param_groups": [{"lr": 0.01, "betas": (0.9, 0.999), "foreach": None, "params": [0]}],
+        },
+        "state": {"phase": "final", "epoch": 2, "history": [{"phase": "final", "loss": 0.5}]},
+    }
+    torch.save(good, path)
+    ckpt = load_checkpoint(str(tmp_path))
+    assert ckpt is not None and ckpt["state"]["epoch"] == 2
+    torch.testing.assert_close(ckpt["model"]["w"], torch.ones(2, 3))
+    marker = tmp_path / "code_ran"
+    for tampered in (
+        lambda: torch.save({**good, "state": _Payload(marker)}, path),
+        lambda: path.write_bytes(pickle.dumps(_Payload(marker), protocol=2)),  # a bare pickle
+    ):
+        tampered()
+        with pytest.raises(ModelError, match=f"checkpoint {path} holds objects other") as e:
+            load_checkpoint(str(tmp_path))
+        assert "\n" not in str(e.value) and "(Unsupported global: GLOBAL builtins.exec)" in str(
+            e.value
+        )
+        assert not marker.exists()
+    path.write_bytes(pickle.dumps(_Payload(marker), protocol=4))  # opcodes torch does not read
+    with pytest.raises(ModelError, match=f"checkpoint {path} is corrupt or not a weights-only"):
+        load_checkpoint(str(tmp_path))
+    assert not marker.exists()
+    # The final model file, read by item_vectors on the driver before any Spark work.
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "meta.json").write_text(json.dumps({"shape": ModelShape(4, 3, 2).to_dict()}))
+    torch.save({"w": _Payload(marker)}, model_dir / MODEL_FILE)
+    with pytest.raises(ModelError, match=f"model file {model_dir / MODEL_FILE} holds") as e:
+        item_vectors(spark, str(model_dir), spark.range(1), spark.range(1))
+    assert "\n" not in str(e.value) and not marker.exists()
+
+
 def _state(path: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = torch.load(path / MODEL_FILE, map_location="cpu")
+    out: dict[str, torch.Tensor] = torch.load(
+        path / MODEL_FILE, map_location="cpu", weights_only=True
+    )
     return out
 
 

@@ -23,6 +23,7 @@ its last checkpoint.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -37,7 +38,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
 from recspark.config import Config, to_dict
-from recspark.errors import InputError, ModelError, SchemaError
+from recspark.errors import ModelError, SchemaError
 from recspark.log import get_logger
 from recspark.schema import CATEGORY, EMBEDDING, ITEM_ID, USER_ID
 from recspark.storage import require_local
@@ -49,10 +50,12 @@ from recspark.train.loop import (
     TrainSpec,
     checkpoint_path,
     load_checkpoint,
+    load_weights,
     write_atomic,
 )
 from recspark.train.model import ModelShape
-from recspark.train.plan import plan_launch
+from recspark.train.plan import plan_data, plan_files, plan_launch
+from recspark.train.reader import row_groups
 from recspark.train.tracking import default_tracking_uri, log_training
 
 VECTORS_SCHEMA = StructType(
@@ -184,35 +187,38 @@ def _build_data(
     )
     marked.write.mode("overwrite").parquet(f"{data_dir}/examples")
     ex = spark.read.parquet(f"{data_dir}/examples")
+    counts = {
+        str(r[ds.IS_VALID]): int(r["n"])
+        for r in ex.groupBy(ds.IS_VALID).agg(F.count("*").alias("n")).collect()
+    }
+    rows = {
+        "train": counts.get("False", 0),
+        "valid": counts.get("True", 0),
+        "all": counts.get("False", 0) + counts.get("True", 0),
+    }
     fields = [ds.EXAMPLE_ID, ds.TARGET, ds.HISTORY, ds.WEIGHT]
     train = ex.where(~F.col(ds.IS_VALID))
     for name, part in (("train", train), ("valid", ex.where(F.col(ds.IS_VALID))), ("all", ex)):
-        part.select(*fields).repartition(tc.data_files).write.mode("overwrite").parquet(
-            f"{data_dir}/{name}"
-        )
+        # data_files files of near-equal size: one row group each, dealt out to the workers.
+        partitions, per_file = plan_files(rows[name], tc.data_files)
+        part.select(*fields).repartition(partitions).write.mode("overwrite").option(
+            "maxRecordsPerFile", per_file
+        ).parquet(f"{data_dir}/{name}")
     feats = ds.item_features(index, cats, train, ex, text_dim)
     feats.coalesce(1).write.mode("overwrite").parquet(f"{data_dir}/items")
     vocab = spark.read.parquet(f"{data_dir}/items").select(ds.ITEM_IDX, ds.KNOWN_ALL)
     index.select(ITEM_ID, ds.ITEM_IDX).join(vocab, ds.ITEM_IDX).coalesce(1).write.mode(
         "overwrite"
     ).parquet(f"{data_dir}/items_vocab")
-    counts = {
-        str(r[ds.IS_VALID]): int(r["n"])
-        for r in ex.groupBy(ds.IS_VALID).agg(F.count("*").alias("n")).collect()
-    }
     info = {
         "text_dim": text_dim,
         "n_items": int(index.count()),
         "n_categories": int(cats.count()),
-        "train_examples": counts.get("False", 0),
-        "valid_examples": counts.get("True", 0),
+        "train_examples": rows["train"],
+        "valid_examples": rows["valid"],
     }
     write_text_atomic(info_path, json.dumps(info))
     return info
-
-
-def _data_files(path: str) -> int:
-    return len([p for p in Path(path).glob("*.parquet")])
 
 
 def fit(
@@ -256,20 +262,23 @@ def fit(
     data_dir = os.path.join(work, "data")
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     info = _build_data(spark, cfg, events, items, item_embeddings, data_dir)
-    if info["train_examples"] + info["valid_examples"] == 0:
-        raise InputError(
-            "train: no training examples: every user needs at least two interactions "
-            "(events with a positive weight)"
-        )
+    data = plan_data(
+        tc.num_proc,
+        train_groups=row_groups(os.path.join(data_dir, "train")),
+        all_groups=row_groups(os.path.join(data_dir, "all")),
+        train_rows=int(info["train_examples"]),
+        valid_rows=int(info["valid_examples"]),
+    )
+    for note in data.notes:
+        get_logger("train").info("train: %s", note)
     sc = spark.sparkContext
-    plan = plan_launch(tc, slots=sc.defaultParallelism, cores=os.cpu_count() or 1, master=sc.master)
-    for name in ("train", "all"):
-        files = _data_files(os.path.join(data_dir, name))
-        if 0 < files < plan.num_proc:
-            raise InputError(
-                f"train: {name} data has {files} Parquet files for {plan.num_proc} workers; "
-                "too few examples for train.num_proc (lower it)"
-            )
+    plan = plan_launch(
+        tc,
+        slots=sc.defaultParallelism,
+        cores=os.cpu_count() or 1,
+        master=sc.master,
+        max_proc=data.workers,
+    )
     shape = ModelShape(
         text_dim=int(info["text_dim"]),
         n_items=int(info["n_items"]),
@@ -297,6 +306,7 @@ def fit(
         shuffle_buffer=tc.shuffle_buffer,
         torch_threads=plan.torch_threads,
         use_gpu=plan.use_gpu,
+        validate=data.validate,
         extra_meta={
             "model_version": version,
             "history_len": tc.history_len,
@@ -348,11 +358,20 @@ def fit(
 
 
 def _load_state(model_dir: str) -> tuple[dict[str, Any], bytes]:
+    """The model's description and the bytes of its state dict, checked on the driver: the
+    state must load with ``weights_only=True`` (a tampered file fails here, in one line)."""
     meta = _read_meta(model_dir)
+    path = Path(fs_path(model_dir)) / MODEL_FILE
     try:
-        blob = (Path(fs_path(model_dir)) / MODEL_FILE).read_bytes()
+        blob = path.read_bytes()
     except OSError as e:
         raise ModelError(f"{model_dir}: unreadable {MODEL_FILE}: {e}") from e
+    state = load_weights(io.BytesIO(blob), f"model file {path}", "train the model again")
+    if not isinstance(state, dict):
+        raise ModelError(
+            f"model file {path} is not a state dict (found {type(state).__name__}); "
+            "train the model again"
+        )
     return meta, blob
 
 
@@ -407,7 +426,9 @@ def item_vectors(
 
         torch.set_num_threads(1)
         model = TwoTower(ModelShape(**shape_dict))
-        model.load_state_dict(torch.load(io.BytesIO(state.value), map_location="cpu"))
+        model.load_state_dict(
+            torch.load(io.BytesIO(state.value), map_location="cpu", weights_only=True)
+        )
         model.eval()
         for pdf in batches:
             if pdf.empty:

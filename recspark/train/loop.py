@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -65,6 +67,8 @@ class TrainSpec:
     shuffle_buffer: int = 8192
     torch_threads: int = 1
     use_gpu: bool = False
+    # The early-stopping phase; False when there are no examples on one side of the cut.
+    validate: bool = True
     # Test hooks: record the example ids each rank trained on; raise after a checkpoint.
     collect_ids: bool = False
     crash_after: tuple[str, int] | None = None
@@ -261,8 +265,60 @@ def write_atomic(path: Path, write: Callable[[BinaryIO], object]) -> None:
 
 
 def _atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` of ``obj`` to ``path`` through :func:`write_atomic`."""
+    """``torch.save`` of ``obj`` to ``path`` through :func:`write_atomic`.
+
+    ``obj`` holds tensors and plain data only (state dicts, lists, str, int, float): it is read
+    back with :func:`load_weights` (``weights_only=True``)."""
     write_atomic(path, lambda fh: torch.save(obj, fh))
+
+
+# What torch's weights-only unpickler says about an object it refuses to build (a class, a
+# function to call); anything else it rejects is a corrupt file.
+_UNSAFE_RE = re.compile(
+    r"(?:Unsupported global: GLOBAL \S+|unsupported GLOBAL \S+|Trying to call reduce for "
+    r"unrecognized function \S+|Can only (?:create new object|build)[^.\n]*)"
+)
+_WEIGHTS_ERROR_RE = re.compile(r"WeightsUnpickler error: ([^\n]*)")
+
+
+def load_weights(source: Path | BinaryIO, what: str, fix: str) -> Any:
+    """``torch.load(source, weights_only=True)``: tensors and plain data (dicts, lists, tuples,
+    str, int, float, bool, None), never an arbitrary pickled object, which could run code.
+
+    ``what`` names the file in errors (``checkpoint <path>``, ``<model_dir>: model.pt``);
+    ``fix`` says what the user can do.
+
+    Raises:
+        ModelError: one line: the file holds other objects (refused), or is corrupt or
+            unreadable (truncated, not a torch file, an OSError).
+    """
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = _UNSAFE_RE.search(str(e))
+        if found is None:
+            cause = _WEIGHTS_ERROR_RE.search(str(e))
+            detail = cause.group(1).strip() if cause else _last_line(e)
+            raise ModelError(
+                f"{what} is corrupt or not a weights-only file ({detail}); refused: recspark "
+                f"loads weights only; {fix}"
+            ) from e
+        raise ModelError(
+            f"{what} holds objects other than tensors and plain data ({found.group(0)}); "
+            f"refused: recspark loads weights only, a pickled object could run code; {fix}"
+        ) from e
+    except Exception as e:  # truncated zip, bad pickle, OSError: all an unusable file
+        raise ModelError(f"{what} is corrupt or unreadable ({_first_line(e)}); {fix}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _last_line(e: BaseException) -> str:
+    text = [t for t in str(e).strip().splitlines() if t.strip()]
+    return " ".join(text[-1].split()) if text else type(e).__name__
 
 
 def checkpoint_path(model_dir: str) -> Path:
@@ -279,14 +335,9 @@ def load_checkpoint(model_dir: str) -> dict[str, Any] | None:
     path = checkpoint_path(model_dir)
     if not path.exists():
         return None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, bad pickle, OSError: all an unusable checkpoint
-        text = str(e).strip().splitlines()
-        raise ModelError(
-            f"checkpoint {path} is corrupt or unreadable ({text[0] if text else type(e).__name__})"
-            "; delete it to train this model version from the start"
-        ) from e
+    ckpt = load_weights(
+        path, f"checkpoint {path}", "delete it to train this model version from the start"
+    )
     keys = ckpt.keys() if isinstance(ckpt, dict) else ()
     missing = [k for k in ("model", "optimizer", "state") if k not in keys]
     if missing:
@@ -315,7 +366,7 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
     valid_hist, valid_target = _load_examples(os.path.join(spec.data_dir, "valid"))
     mine = slice(comm.rank, None, comm.size)
     valid_hist, valid_target = valid_hist[mine].to(device), valid_target[mine].to(device)
-    n_valid = comm.allreduce([float(valid_target.numel())], "sum")[0]
+    n_valid = comm.allreduce([float(valid_target.numel())], "sum")[0] if spec.validate else 0.0
 
     ckpt = load_checkpoint(spec.model_dir)
     model, opt = _fresh(spec, comm, device)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from recspark.errors import ConfigError, LaunchError
+from recspark.errors import ConfigError, InputError, LaunchError
 from recspark.train.config import TrainConfig
 
 Launcher = Literal["horovod", "torch_distributor", "local"]
@@ -90,9 +91,79 @@ def is_local_master(master: str | None) -> bool:
     return bool(master) and bool(re.fullmatch(r"local(\[[0-9*]+(,\s*[0-9]+)?\])?", master or ""))
 
 
-def plan_launch(cfg: TrainConfig, slots: int, cores: int, master: str | None) -> LaunchPlan:
-    """The whole plan of a launch from the config and what the cluster offers."""
+def plan_files(rows: int, files: int) -> tuple[int, int]:
+    """How to write ``rows`` training examples as ``files`` Parquet files of near-equal size.
+
+    Returns ``(partitions, max_records_per_file)``: ``min(files, rows)`` partitions (at least 1),
+    and a per-file cap of ``ceil(rows / partitions)``, so that even when Spark writes fewer,
+    larger partitions (adaptive query execution coalescing a small shuffle), the writer still
+    cuts them into that many files. Each small file is one Parquet row group, the unit Petastorm
+    deals out to the workers.
+    """
+    if rows < 0 or files < 1:
+        raise ValueError(f"rows must be >= 0 and files >= 1, found {rows} and {files}")
+    n = max(1, min(files, rows))
+    return n, max(1, math.ceil(rows / n))
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """How many workers the written training data can feed, and whether to validate."""
+
+    workers: int
+    validate: bool  # run the early-stopping phase (needs examples on both sides of the cut)
+    notes: tuple[str, ...] = ()  # what was changed from the config, and why (logged)
+
+
+def plan_data(
+    num_proc: int, train_groups: int, all_groups: int, train_rows: int, valid_rows: int
+) -> DataPlan:
+    """Fit the launch to the training data actually written: never fail on small inputs.
+
+    Petastorm gives each worker whole row groups and refuses more workers than row groups, so
+    the workers are ``min(num_proc, row groups)`` of every data set a phase reads (``train`` for
+    validation, ``all`` for the final model). Validation needs examples before the cut
+    (``train``) and after it (``valid``); without either, the model trains on all examples for
+    ``train.epochs`` epochs.
+
+    Raises:
+        InputError: there is no example at all.
+    """
+    if all_groups < 1 or train_rows + valid_rows < 1:
+        raise InputError(
+            "train: no training examples: every user needs at least two interactions "
+            "(events with a positive weight)"
+        )
+    notes: list[str] = []
+    validate = train_rows > 0 and valid_rows > 0 and train_groups > 0
+    if not validate:
+        side = "before" if train_rows == 0 else "after"
+        notes.append(
+            f"no examples {side} the validation cut (train.validation_days): no early "
+            "stopping, the model trains on all examples for train.epochs epochs"
+        )
+    groups = min(train_groups, all_groups) if validate else all_groups
+    workers = max(1, min(num_proc, groups))
+    if workers < num_proc:
+        notes.append(
+            f"{workers} worker(s) instead of train.num_proc={num_proc}: the training data has "
+            f"{groups} Parquet row group(s) ({train_rows + valid_rows} examples), and each "
+            "worker needs at least one"
+        )
+    return DataPlan(workers=workers, validate=validate, notes=tuple(notes))
+
+
+def plan_launch(
+    cfg: TrainConfig, slots: int, cores: int, master: str | None, max_proc: int | None = None
+) -> LaunchPlan:
+    """The whole plan of a launch from the config and what the cluster offers.
+
+    ``max_proc`` caps the processes (the workers the data can feed, see :func:`plan_data`);
+    the learning rate and threads are scaled to the processes actually started.
+    """
     n = plan_num_proc(cfg.launcher, cfg.num_proc, slots)
+    if max_proc is not None:
+        n = max(1, min(n, max_proc))
     return LaunchPlan(
         launcher=cfg.launcher,
         num_proc=n,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,15 @@ def dataset_url(path: str) -> str:
 def local_path(path: str) -> str:
     """The filesystem path of ``path``; a URL that is not a file path is returned as given."""
     return storage_local_path(path) or path
+
+
+def row_groups(path: str) -> int:
+    """The Parquet row groups of the data set at ``path`` (0 when it has no file): Petastorm's
+    unit of sharding, so at most this many workers can read it."""
+    import pyarrow.parquet as pq
+
+    root = Path(local_path(path))
+    return sum(pq.ParquetFile(f).metadata.num_row_groups for f in sorted(root.glob("*.parquet")))
 
 
 @contextmanager
