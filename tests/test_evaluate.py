@@ -193,7 +193,7 @@ def test_evaluate_job_baselines(spark: SparkSession, warehouse: str) -> None:
     )
     summary = job.run(spark, cfg)
     metrics = spark.read.format("delta").load(tables.table_path(warehouse, tables.GOLD_METRICS))
-    assert metrics.count() == 2 * 2 * 8  # models x ks x metrics
+    assert metrics.count() == 2 * 2 * 9  # models x ks x metrics (no embeddings: no diversity)
     assert metrics.select("run_id").distinct().collect()[0][0] == "eval-1"
     # ALS learns the three taste groups; popularity cannot: ALS wins on NDCG.
     m = summary["metrics"]

@@ -1,4 +1,5 @@
-"""Baselines scored on the same split as recspark: popularity and Spark ALS (implicit)."""
+"""Baselines scored on the same split as recspark: popularity, Spark ALS (implicit) and
+content only (the user's mean text embedding against the items' text embeddings)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recspark.evaluate.metrics import unit_vectors, vector_sum
 from recspark.numbering import top_n
-from recspark.schema import ITEM_ID, POPULARITY, RANK, SCORE, USER_ID, VECTOR, WEIGHT
+from recspark.schema import EMBEDDING, ITEM_ID, POPULARITY, RANK, SCORE, USER_ID, VECTOR, WEIGHT
 
 _UIDX = "_uidx"
 _IIDX = "_iidx"
@@ -78,6 +80,39 @@ def popularity_recs(
         .select(
             user_col, item_col, F.col(RANK).cast("int").alias(RANK), F.col(POPULARITY).alias(SCORE)
         )
+    )
+
+
+def content_vectors(
+    train: DataFrame,
+    embeddings: DataFrame,
+    *,
+    user_col: str = USER_ID,
+    item_col: str = ITEM_ID,
+    embedding_col: str = EMBEDDING,
+) -> tuple[DataFrame, DataFrame]:
+    """The content-only model: no learning, the items' text embeddings alone.
+
+    Item vector: the item's text embedding at unit length; user vector: the mean of the item
+    vectors of the user's training items. Their dot product ranks items as the cosine between
+    the user's mean text embedding and each item's does (the user's length is the same for
+    every item), so the recommend kernel gives the cosine top-K.
+
+    Args:
+        train: needs ``user_id``, ``item_id`` (training interactions).
+        embeddings: needs ``item_id``, ``embedding``.
+
+    Returns:
+        ``(user_vectors, item_vectors)``: ``user_id`` / ``item_id`` with ``vector``
+        (array<float>), ready for the recommend kernel.
+    """
+    items = unit_vectors(embeddings, item_col=item_col, embedding_col=embedding_col)
+    seen = train.select(F.col(user_col).alias(USER_ID), F.col(item_col).alias(ITEM_ID)).distinct()
+    sums = vector_sum(seen.join(items, ITEM_ID, "inner"), USER_ID, EMBEDDING)
+    mean = F.transform("_sum", lambda x: (x / F.col("_n")).cast("float"))
+    users = sums.select(F.col(USER_ID).alias(user_col), mean.alias(VECTOR))
+    return users, items.select(
+        F.col(ITEM_ID).alias(item_col), F.col(EMBEDDING).cast("array<float>").alias(VECTOR)
     )
 
 

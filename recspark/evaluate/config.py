@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MODELS: tuple[str, ...] = ("recspark", "popularity", "als")
+MODELS: tuple[str, ...] = ("recspark", "popularity", "als", "content")
 
 
 @dataclass(frozen=True)
@@ -15,8 +15,12 @@ class EvaluateConfig:
     # Interactions every user keeps for training (users with fewer are not evaluated).
     min_train: int = 1
     ks: tuple[int, ...] = (10,)
-    # Which models to score: recspark (trained with recspark.train.api), popularity, als.
+    # Which models to score: recspark (trained with recspark.train.api), popularity, als,
+    # content (the user's mean text embedding, cosine top-K over the items' text embeddings).
     models: tuple[str, ...] = MODELS
+    # Score on a validation split carved from the training part (the same rule applied to
+    # it) instead of the test split: for choosing settings without looking at the test set.
+    validation_only: bool = False
     als_ranks: tuple[int, ...] = field(default_factory=lambda: (16, 32))
     als_reg: tuple[float, ...] = field(default_factory=lambda: (0.01, 0.1))
     als_max_iter: int = 10

@@ -18,8 +18,14 @@ from pyspark.sql import functions as F
 from recspark import tables
 from recspark.config import Config
 from recspark.errors import StageNotReadyError
-from recspark.evaluate.baselines import AlsParams, als_factors, als_grid, popularity_recs
-from recspark.evaluate.metrics import VALUE, ranking_metrics
+from recspark.evaluate.baselines import (
+    AlsParams,
+    als_factors,
+    als_grid,
+    content_vectors,
+    popularity_recs,
+)
+from recspark.evaluate.metrics import VALUE, ranking_metrics, unit_vectors
 from recspark.evaluate.report import MetricRow, report_dir, write_report
 from recspark.evaluate.split import TEST, TRAIN, chronological_holdout, train_events
 from recspark.log import get_logger
@@ -32,6 +38,7 @@ from recspark.recommend.transforms import (
     score_params,
 )
 from recspark.schema import (
+    EMBEDDING,
     IS_COLD,
     ITEM_ID,
     METRIC,
@@ -70,12 +77,15 @@ def kernel_recs(
     params: ScoreParams,
     model_version: str,
     run_id: str,
+    text: DataFrame | None = None,
 ) -> DataFrame:
-    """Top-K lists for ``users`` from any dot-product model, with the recommend kernel."""
+    """Top-K lists for ``users`` from any dot-product model, with the recommend kernel (and
+    its diversity re-rank when ``params.diversity > 0`` and ``text`` embeddings are given)."""
     catalog = item_catalog(item_vectors, items, train)
-    pdf = (
-        catalog.where(F.col(VECTOR).isNotNull()).select(ITEM_ID, VECTOR, TITLE, IS_COLD).toPandas()
-    )
+    scored = catalog.where(F.col(VECTOR).isNotNull()).select(ITEM_ID, VECTOR, TITLE, IS_COLD)
+    if text is not None and params.diversity > 0:
+        scored = scored.join(text.select(ITEM_ID, EMBEDDING), ITEM_ID, "left")
+    pdf = scored.toPandas()
     index = ItemIndex.from_pandas(pdf)
     return recommend(
         user_vectors,
@@ -140,6 +150,13 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     kmax = max(ec.ks)
     interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
     items = tables.read(spark, wh, tables.SILVER_ITEMS)
+    # Text embeddings: the content baseline, and every model's intra-list diversity.
+    emb_path = tables.table_path(wh, tables.GOLD_ITEM_EMBEDDINGS)
+    text = (
+        unit_vectors(tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)).cache()
+        if "content" in ec.models or tables.exists(spark, emb_path)
+        else None
+    )
     api: Any = None
     if "recspark" in ec.models:
         try:
@@ -152,6 +169,13 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         api = train_api
         events = tables.read(spark, wh, tables.SILVER_EVENTS)
         embeddings = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
+    if ec.validation_only:  # the test split is left out; its training part is split again
+        outer = chronological_holdout(
+            interactions, fraction=ec.holdout_fraction, min_train=ec.min_train
+        )
+        if api is not None:
+            events = train_events(events, outer)
+        interactions = outer.where(F.col(SPLIT) == TRAIN).drop(SPLIT)
 
     split = chronological_holdout(
         interactions, fraction=ec.holdout_fraction, min_train=ec.min_train
@@ -169,7 +193,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             r[SPLIT]: int(r["n"])
             for r in split.groupBy(SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()
         }
-        _log(f"split {split_counts}")
+        _log(f"split {split_counts}" + (" (validation only)" if ec.validation_only else ""))
+        if ec.validation_only:
+            notes.append("validation only: the test split left out, its training part split again")
         exclude = cfg.recommend.exclude_seen
 
         for model in ec.models:
@@ -205,6 +231,23 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                     versions[model],
                     run_id,
                 )
+            elif model == "content":
+                if text is None:  # cannot happen: read above whenever content is evaluated
+                    raise StageNotReadyError("evaluate: model 'content' needs item embeddings")
+                uv, iv = content_vectors(train, text)
+                versions[model] = "content"
+                recs = kernel_recs(
+                    uv,
+                    iv,
+                    train,
+                    items,
+                    users,
+                    eval_score_params(
+                        cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=False
+                    ),
+                    versions[model],
+                    run_id,
+                )
             else:  # recspark
                 tev = train_events(events, split)
                 model_dir = cfg.locations().model_dir(f"evaluate/{run_id}")
@@ -221,11 +264,13 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                     eval_score_params(cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=True),
                     versions[model],
                     run_id,
+                    text=text,
                 )
             recs = recs.cache()
             try:
                 for k in ec.ks:
-                    for r in ranking_metrics(recs, test, catalog, k=k, cold_items=cold).collect():
+                    rm = ranking_metrics(recs, test, catalog, k=k, cold_items=cold, embeddings=text)
+                    for r in rm.collect():
                         rows.append(MetricRow(model, r[METRIC], int(r[K]), float(r[VALUE])))
             finally:
                 recs.unpersist()
@@ -235,6 +280,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             )
     finally:
         split.unpersist()
+        if text is not None:
+            text.unpersist()
 
     now = datetime.now(UTC)
     out = spark.createDataFrame(

@@ -9,8 +9,11 @@ For a user with relevant (held-out) set ``R`` and recommended list ``p`` (ranks 
 - hit_rate@K = 1 when any of p[:K] is in R
 Each is averaged over every user with a non-empty ``R`` (users without recommendations score
 0). Over the whole run: coverage@K = distinct recommended items / catalog items, and, when the
-cold items are given, cold_share@K (share of recommended rows that are cold items) and
-cold_items@K (how many distinct cold items were recommended).
+cold items are given, cold_share@K (share of recommended rows that are cold items),
+cold_items@K (how many distinct cold items were recommended) and cold_recall@K (recall@K of the
+held-out cold items, averaged over the users who have one). With the items' text embeddings,
+diversity@K is the intra-list diversity: the mean pairwise cosine distance of the text
+embeddings within each list, averaged over lists of at least two items.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recspark.schema import ITEM_ID, METRIC, RANK, USER_ID, K, require_columns
+from recspark.schema import EMBEDDING, ITEM_ID, METRIC, RANK, USER_ID, K, require_columns
 
 PER_USER_METRICS: tuple[str, ...] = ("precision", "recall", "ndcg", "map", "hit_rate")
 VALUE = "value"
@@ -86,6 +89,75 @@ def per_user_metrics(
     )
 
 
+def unit_vectors(
+    embeddings: DataFrame, *, item_col: str = ITEM_ID, embedding_col: str = EMBEDDING
+) -> DataFrame:
+    """Each item's embedding scaled to length 1 (items with a zero or missing one dropped).
+
+    Args:
+        embeddings: needs ``item_id``, ``embedding`` (array of numbers).
+
+    Returns:
+        ``item_id``, ``embedding`` (array<double>, unit length).
+    """
+    require_columns(embeddings.columns, [item_col, embedding_col], "item embeddings")
+    v = F.col(embedding_col).cast("array<double>")
+    norm = F.sqrt(F.aggregate(v, F.lit(0.0), lambda acc, x: acc + x * x))
+    return (
+        embeddings.select(F.col(item_col).alias(ITEM_ID), v.alias("_v"), norm.alias("_n"))
+        .where(F.col("_n") > 0)
+        .select(ITEM_ID, F.transform("_v", lambda x: x / F.col("_n")).alias(EMBEDDING))
+    )
+
+
+def vector_sum(vectors: DataFrame, key: str, vector_col: str) -> DataFrame:
+    """Per ``key``: the element-wise sum of ``vector_col`` arrays (equal lengths) and the count.
+
+    Returns:
+        ``key``, ``_sum`` (array<double>), ``_n`` (long).
+    """
+    grouped = vectors.groupBy(key).agg(
+        F.collect_list(F.col(vector_col).cast("array<double>")).alias("_xs"),
+        F.count(F.lit(1)).alias("_n"),
+    )
+    zero = F.transform(F.col("_xs")[0], lambda _x: F.lit(0.0))
+    summed = F.aggregate(F.col("_xs"), zero, lambda acc, x: F.zip_with(acc, x, lambda a, b: a + b))
+    return grouped.select(key, summed.alias("_sum"), "_n")
+
+
+def intra_list_diversity(
+    recs: DataFrame,
+    embeddings: DataFrame,
+    *,
+    k: int,
+    user_col: str = USER_ID,
+    item_col: str = ITEM_ID,
+    rank_col: str = RANK,
+) -> DataFrame:
+    """Mean pairwise cosine distance of the text embeddings within each top-``k`` list.
+
+    For unit vectors ``u_1..u_n`` the mean of ``u_i . u_j`` over pairs ``i != j`` is
+    ``(|sum u|^2 - n) / (n (n - 1))``, so a list needs only the sum of its vectors (no pairs).
+
+    Args:
+        recs: needs ``user_id``, ``item_id``, ``rank``.
+        embeddings: ``unit_vectors`` output (``item_id``, ``embedding`` of length 1).
+
+    Returns:
+        one row: ``diversity`` (double; null when no list has two items with an embedding).
+    """
+    require_columns(recs.columns, [user_col, item_col, rank_col], "recommendations")
+    top = recs.where(F.col(rank_col) <= k).select(
+        F.col(user_col).alias("_user"), F.col(item_col).alias(ITEM_ID)
+    )
+    vecs = top.join(F.broadcast(embeddings.select(ITEM_ID, EMBEDDING)), ITEM_ID, "inner")
+    sums = vector_sum(vecs, "_user", EMBEDDING).where(F.col("_n") >= 2)
+    sq = F.aggregate(F.col("_sum"), F.lit(0.0), lambda acc, x: acc + x * x)
+    n = F.col("_n").cast("double")
+    per_list = 1.0 - (sq - n) / (n * (n - 1.0))
+    return sums.agg(F.avg(per_list).alias("diversity"))
+
+
 def ranking_metrics(
     recs: DataFrame,
     truth: DataFrame,
@@ -93,6 +165,7 @@ def ranking_metrics(
     *,
     k: int,
     cold_items: DataFrame | None = None,
+    embeddings: DataFrame | None = None,
     user_col: str = USER_ID,
     item_col: str = ITEM_ID,
     rank_col: str = RANK,
@@ -105,7 +178,9 @@ def ranking_metrics(
         truth: needs ``user_id``, ``item_id`` (the held-out items).
         catalog: needs ``item_id`` (the items that could be recommended).
         k: the cut-off.
-        cold_items: optional ``item_id`` of items with no training interactions.
+        cold_items: optional ``item_id`` of items with no training interactions (adds
+            ``cold_share``, ``cold_items`` and ``cold_recall``).
+        embeddings: optional ``unit_vectors`` output (adds ``diversity``).
 
     Returns:
         ``metric`` (string), ``k`` (int), ``value`` (double).
@@ -132,8 +207,18 @@ def ranking_metrics(
             .cast("double")
             .alias("cold_items"),
         )
-        row = row.crossJoin(cold_row)
-        names += ["cold_share", "cold_items"]
+        cold_truth = truth.join(cold.select(item_col), item_col, "left_semi")
+        cold_recall = per_user_metrics(
+            recs, cold_truth, k=k, user_col=user_col, item_col=item_col, rank_col=rank_col
+        ).agg(F.avg("recall").alias("cold_recall"))
+        row = row.crossJoin(cold_row).crossJoin(cold_recall)
+        names += ["cold_share", "cold_items", "cold_recall"]
+    if embeddings is not None:
+        div = intra_list_diversity(
+            recs, embeddings, k=k, user_col=user_col, item_col=item_col, rank_col=rank_col
+        )
+        row = row.crossJoin(div)
+        names += ["diversity"]
     stacked = F.explode(
         F.array(
             *[

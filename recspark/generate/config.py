@@ -45,7 +45,18 @@ class GenerateConfig:
     item_popularity_exponent: float = 2.0  # > 1 skews towards popular items (Zipf-like)
     user_activity_exponent: float = 2.5  # > 1 gives heavy-tailed user activity
     taste_strength: float = 0.8  # probability that an event follows the user's taste
+    # Facets: what an item is for (beginners, experts, families, ...), stated in its title and
+    # description; each user leans towards one. 0 = none (the text then says the category only).
+    facets: int = 6
+    # Probability that an event following the user's taste picks an item of the user's facet.
+    facet_strength: float = 0.5
     cold_items: float = 0.05  # share of catalog items that get no events at all
     bot_users: int = 2
     bot_events_per_user: int = 4_000  # one event every 3 s: over 3 sustained hours
     faults: FaultRates = field(default_factory=FaultRates)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.facets <= 6:
+            raise ValueError(f"facets must be in [0, 6], found {self.facets}")
+        if not 0.0 <= self.facet_strength <= 1.0:
+            raise ValueError(f"facet_strength must be in [0, 1], found {self.facet_strength}")

@@ -78,7 +78,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     out = g.output.rstrip("/")
     n_sessions = max(round(g.events / max(g.session_mean_events, 1.0)), 1)
 
-    items = G.generate_items(spark.range(g.items), categories=g.categories, seed=cfg.seed)
+    items = G.generate_items(
+        spark.range(g.items), categories=g.categories, seed=cfg.seed, facets=g.facets
+    )
     clean = G.generate_clean_events(
         spark.range(n_sessions, numPartitions=max(g.files, 1)),
         users=g.users,
@@ -94,6 +96,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         user_activity_exponent=g.user_activity_exponent,
         taste_strength=g.taste_strength,
         cold_items=g.cold_items,
+        facets=g.facets,
+        facet_strength=g.facet_strength,
     )
     if g.bot_users > 0:
         bots = G.generate_bot_events(

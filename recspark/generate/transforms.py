@@ -2,7 +2,10 @@
 
 Every random draw is a hash of (seed, a tag, row ids), so the same seed gives the same data at
 any scale and on any cluster. Item text words correlate with latent user tastes: each user
-prefers one or two categories, and each category has its own vocabulary.
+prefers one or two categories, and each category has its own vocabulary. Within a category,
+items differ by a facet (who or what they are for: beginners, experts, families, ...) that their
+title and description state in words, as a real catalog's do, and each user leans towards one
+facet: two items of a category are not alike to every user, and their text says how.
 """
 
 from __future__ import annotations
@@ -75,6 +78,15 @@ _TOPICS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("stocks", "budget", "savings", "investment", "market", "dividend", "tax", "bonds"),
     ),
     ("Poetry", ("verse", "sonnet", "rhyme", "stanza", "metaphor", "lyric", "ballad", "haiku")),
+)
+# Facets cut across categories: what an item is like, beyond its topic.
+_FACETS: tuple[tuple[str, ...], ...] = (
+    ("beginner", "basics", "introduction", "simple", "first", "easy"),
+    ("advanced", "masterclass", "technique", "professional", "expert", "precision"),
+    ("kids", "family", "children", "playful", "together", "fun"),
+    ("budget", "affordable", "value", "thrifty", "bargain", "cheap"),
+    ("luxury", "premium", "exclusive", "elegant", "signature", "gourmet"),
+    ("retro", "vintage", "nostalgic", "heritage", "traditional", "timeless"),
 )
 _GENERIC = (
     "classic",
@@ -150,36 +162,73 @@ def item_id_expr(index: Column) -> Column:
     return F.format_string("item-%06d", index)
 
 
-def generate_items(ids: DataFrame, *, categories: int, seed: int) -> DataFrame:
+def item_facet(index: Column, categories: int, facets: int) -> Column:
+    """The facet of item ``index`` (0..facets-1): its rank within its category modulo
+    ``facets``, so every facet has items of every popularity."""
+    return F.pmod(F.floor(index / F.lit(categories)), F.lit(max(facets, 1)))
+
+
+def generate_items(
+    ids: DataFrame, *, categories: int, seed: int, facets: int = len(_FACETS)
+) -> DataFrame:
     """The item catalog: one row per id of ``ids`` (``spark.range(items)``).
 
     Args:
         ids: needs ``id`` (0..n-1).
+        facets: facets in use (0 = none: the text says the category only).
 
     Returns:
         ``item_id``, ``title``, ``description``, ``category`` and ``index``. Item ``i`` belongs
-        to category ``i % categories``; its words come mostly from that category's vocabulary.
+        to category ``i % categories`` and facet ``item_facet(i)``; its words come mostly from
+        that category's vocabulary, and from its facet's.
     """
+    if facets > len(_FACETS):
+        raise ValueError(f"facets must be at most {len(_FACETS)}, found {facets}")
     cat = F.col("id") % categories
     words = _topic_words(cat)
     generic = F.array(*[F.lit(w) for w in _GENERIC])
     n_words = (20 + F.floor(uniform(seed, "dlen", "id") * 40)).cast("int")
-    desc_words = F.transform(
-        F.sequence(F.lit(1), n_words),
-        lambda k: F.when(
-            uniform(seed, "dtopic", F.col("id"), k) < 0.6,
-            F.element_at(words, (F.floor(uniform(seed, "dw", F.col("id"), k) * 8) + 1).cast("int")),
-        ).otherwise(
-            F.element_at(
-                generic,
-                (F.floor(uniform(seed, "dg", F.col("id"), k) * len(_GENERIC)) + 1).cast("int"),
+    if facets > 0:
+        fwords = F.element_at(
+            F.array(*[F.array(*[F.lit(w) for w in ws]) for ws in _FACETS[:facets]]),
+            (item_facet(F.col("id"), categories, facets) + 1).cast("int"),
+        )
+        n_fw = len(_FACETS[0])
+        share_topic, share_facet = 0.45, 0.25
+    else:
+        fwords, n_fw, share_topic, share_facet = generic, len(_GENERIC), 0.6, 0.0
+
+    def word(k: Column) -> Column:
+        u = uniform(seed, "dtopic", F.col("id"), k)
+        return (
+            F.when(
+                u < share_topic,
+                F.element_at(
+                    words, (F.floor(uniform(seed, "dw", F.col("id"), k) * 8) + 1).cast("int")
+                ),
             )
-        ),
-    )
+            .when(
+                u < share_topic + share_facet,
+                F.element_at(
+                    fwords, (F.floor(uniform(seed, "df", F.col("id"), k) * n_fw) + 1).cast("int")
+                ),
+            )
+            .otherwise(
+                F.element_at(
+                    generic,
+                    (F.floor(uniform(seed, "dg", F.col("id"), k) * len(_GENERIC)) + 1).cast("int"),
+                )
+            )
+        )
+
+    desc_words = F.transform(F.sequence(F.lit(1), n_words), word)
+    # The title's second word: the facet's (the topic's when there are no facets).
+    t1 = F.floor(uniform(seed, "t1", "id") * (n_fw if facets > 0 else 8)) + 1
+    second = F.initcap(F.element_at(fwords if facets > 0 else words, t1.cast("int")))
     title = F.concat_ws(
         " ",
         _pick(_ADJECTIVES, uniform(seed, "t0", "id")),
-        F.initcap(F.element_at(words, (F.floor(uniform(seed, "t1", "id") * 8) + 1).cast("int"))),
+        second,
         F.initcap(F.element_at(words, (F.floor(uniform(seed, "t2", "id") * 8) + 1).cast("int"))),
         F.concat(F.lit("#"), F.col("id").cast("string")),
     )
@@ -208,8 +257,14 @@ def generate_clean_events(
     user_activity_exponent: float,
     taste_strength: float,
     cold_items: float,
+    facets: int = 0,
+    facet_strength: float = 0.0,
 ) -> DataFrame:
     """Clean events, a session per row of ``sessions`` (``spark.range(n_sessions)``).
+
+    An event follows the user's taste with probability ``taste_strength`` (one of the user's
+    two categories); such an event then picks, with probability ``facet_strength``, an item of
+    the user's facet within that category. Within those choices, items are drawn by popularity.
 
     Returns:
         ``session``, ``k`` (position in session), ``user_id``, ``item_id``, ``event_type``,
@@ -241,9 +296,13 @@ def generate_clean_events(
     cat = F.when(follows, F.when(second, fav2).otherwise(fav)).otherwise(rand_cat)
     per_cat = max(items // categories, 1)
     warm = max(int(per_cat * (1 - cold_items)), 1)
-    rank = F.floor(
-        F.pow(uniform(seed, "rank", "session", k), F.lit(item_popularity_exponent)) * warm
-    )
+    pop = F.pow(uniform(seed, "rank", "session", k), F.lit(item_popularity_exponent))
+    rank = F.floor(pop * warm)
+    if facets > 0 and facet_strength > 0 and warm >= facets:
+        # Ranks r with r % facets == the user's facet (see item_facet), by popularity.
+        ufacet = F.pmod(F.xxhash64(F.lit(seed), F.lit("facet"), F.col("_user")), F.lit(facets))
+        in_facet = follows & (uniform(seed, "infacet", "session", k) < facet_strength)
+        rank = F.when(in_facet, ufacet + F.floor(pop * (warm // facets)) * facets).otherwise(rank)
     index = F.least(cat + rank * categories, F.lit(items - 1))
     ut = uniform(seed, "type", "session", k)
     etype: Column = F.lit(_TYPE_BANDS[-1][0])

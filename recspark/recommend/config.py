@@ -30,12 +30,25 @@ class RecommendConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Write a readable reason per row ("because you liked <title>").
     reasons: bool = True
+    # Diversity re-rank (maximal marginal relevance over the items' text embeddings): 0 = off;
+    # in (0, 1] the weight of dissimilarity to the items already picked against the (min-max
+    # scaled) score. The top diversity_candidates x k items of each user are re-ranked.
+    diversity: float = 0.0
+    diversity_candidates: int = 3
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, found {self.k}")
         if self.cold_item_slots < 0:
             raise ValueError(f"cold_item_slots must be >= 0, found {self.cold_item_slots}")
-        for name in ("user_block_size", "item_block_size", "group_size", "torch_threads"):
+        if not 0.0 <= self.diversity <= 1.0:
+            raise ValueError(f"diversity must be in [0, 1], found {self.diversity}")
+        for name in (
+            "user_block_size",
+            "item_block_size",
+            "group_size",
+            "torch_threads",
+            "diversity_candidates",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")

@@ -18,7 +18,7 @@ from recspark import tables
 from recspark.config import Config
 from recspark.errors import ModelError, SchemaError
 from recspark.recommend.transforms import ItemIndex, item_catalog, recommend, score_params
-from recspark.schema import IS_COLD, ITEM_ID, MODEL_VERSION, TITLE, USER_ID, VECTOR
+from recspark.schema import EMBEDDING, IS_COLD, ITEM_ID, MODEL_VERSION, TITLE, USER_ID, VECTOR
 
 
 def choose_model_version(item_versions: Iterable[str], user_versions: Iterable[str]) -> str:
@@ -64,11 +64,11 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     catalog = item_catalog(item_vectors, items, interactions).cache()
     try:
-        pdf = (
-            catalog.where(F.col(VECTOR).isNotNull())
-            .select(ITEM_ID, VECTOR, TITLE, IS_COLD)
-            .toPandas()
-        )
+        scored = catalog.where(F.col(VECTOR).isNotNull()).select(ITEM_ID, VECTOR, TITLE, IS_COLD)
+        if cfg.recommend.diversity > 0:  # the MMR re-rank compares the items' text embeddings
+            text = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS).select(ITEM_ID, EMBEDDING)
+            scored = scored.join(text, ITEM_ID, "left")
+        pdf = scored.toPandas()
         index = ItemIndex.from_pandas(pdf)
         if not index.ids:
             raise ModelError(f"{tables.GOLD_ITEM_VECTORS}: no item vectors for {model_version}")

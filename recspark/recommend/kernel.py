@@ -536,6 +536,44 @@ def reserve_slots(
     return vals, idx
 
 
+def mmr_order(relevance: np.ndarray, unit: np.ndarray, k: int, lam: float) -> np.ndarray:
+    """Maximal marginal relevance: ``k`` of ``n`` candidates, picked one at a time.
+
+    Each pick maximises ``(1 - lam) * rel(i) - lam * max_{j picked} cos(i, j)``, where ``rel``
+    is the relevance min-max scaled to [0, 1] over the candidates (so ``lam`` weighs the same
+    for any model's score scale) and ``cos`` the cosine of the candidates' (text) vectors.
+    Ties go to the earlier candidate. With ``lam <= 0`` the first ``k`` candidates are kept in
+    their order.
+
+    Args:
+        relevance: ``(n,)`` scores, the candidates ordered by them (best first).
+        unit: ``(n, d)`` unit-length vectors of the candidates (zero rows: similar to none).
+        k: how many to keep.
+        lam: the diversity weight in [0, 1].
+
+    Returns:
+        ``(min(k, n),)`` candidate positions in pick order.
+    """
+    n = int(relevance.shape[0])
+    k = min(k, n)
+    if lam <= 0 or k <= 1:
+        return np.arange(k)
+    lo, hi = float(relevance.min()), float(relevance.max())
+    rel = (relevance - lo) / (hi - lo) if hi > lo else np.zeros(n)
+    sim = unit @ unit.T
+    chosen = [0]  # the most relevant: nothing is picked yet to be similar to
+    free = np.ones(n, dtype=bool)
+    free[0] = False
+    closest = sim[0].astype(np.float64)
+    for _ in range(1, k):
+        gain = np.where(free, (1.0 - lam) * rel - lam * closest, -np.inf)
+        j = int(np.argmax(gain))
+        chosen.append(j)
+        free[j] = False
+        closest = np.maximum(closest, sim[j])
+    return np.asarray(chosen, dtype=np.int64)
+
+
 def brute_force_topk(
     user_vecs: np.ndarray,
     item_vecs: np.ndarray,

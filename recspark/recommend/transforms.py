@@ -34,12 +34,14 @@ from recspark.recommend.kernel import (
     ITEM_BLOCK_SIZE,
     USER_BLOCK_SIZE,
     exclusion_pairs,
+    mmr_order,
     pick_device,
     reserve_slots,
     topk_scores,
 )
 from recspark.schema import (
     CATEGORY,
+    EMBEDDING,
     GENERATED_AT,
     IS_COLD,
     ITEM_ID,
@@ -86,12 +88,15 @@ class ItemIndex:
         vectors: ``(items, d)`` float32 item vectors.
         titles: a display title per item (the item id when the catalog has none).
         is_cold: ``(items,)`` bool, True for items with no interactions.
+        text: ``(items, t)`` unit-length text embeddings (zeros where an item has none), for
+            the diversity re-rank; None when not loaded.
     """
 
     ids: tuple[str, ...]
     vectors: np.ndarray
     titles: tuple[str, ...]
     is_cold: np.ndarray
+    text: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -105,8 +110,10 @@ class ItemIndex:
         vector_col: str = VECTOR,
         title_col: str = TITLE,
         is_cold_col: str = IS_COLD,
+        text_col: str = EMBEDDING,
     ) -> ItemIndex:
-        """Build the index from a collected ``item_catalog`` (rows without a vector skipped).
+        """Build the index from a collected ``item_catalog`` (rows without a vector skipped);
+        with a ``text_col`` column (text embeddings, null where missing), ``text`` too.
 
         Raises:
             SchemaError: when a column is missing or vectors differ in length.
@@ -138,7 +145,17 @@ class ItemIndex:
             if is_cold_col in pdf.columns
             else np.zeros(len(ids), dtype=bool)
         )
-        return ItemIndex(ids=ids, vectors=vectors, titles=titles, is_cold=cold)
+        text = None
+        if text_col in pdf.columns:
+            given = [v for v in pdf[text_col] if v is not None and len(v) > 0]
+            width = len(given[0]) if given else 0
+            text = np.zeros((len(ids), width), dtype=np.float32)
+            for row, v in enumerate(pdf[text_col]):
+                if v is not None and len(v) == width and width > 0:
+                    text[row] = np.asarray(v, dtype=np.float32)
+            norms = np.linalg.norm(text, axis=1, keepdims=True)
+            text = text / np.where(norms > 0, norms, 1.0)
+        return ItemIndex(ids=ids, vectors=vectors, titles=titles, is_cold=cold, text=text)
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,8 @@ class ScoreParams:
     torch_threads: int = 1
     reasons: bool = True
     device: str = "cpu"
+    diversity: float = 0.0
+    diversity_candidates: int = 3
 
 
 def score_params(rc: RecommendConfig, **overrides: Any) -> ScoreParams:
@@ -174,6 +193,8 @@ def score_params(rc: RecommendConfig, **overrides: Any) -> ScoreParams:
         torch_threads=rc.torch_threads,
         reasons=rc.reasons,
         device=pick_device(rc.device).type,
+        diversity=rc.diversity,
+        diversity_candidates=rc.diversity_candidates,
     )
     return dataclasses.replace(params, **overrides)
 
@@ -242,6 +263,27 @@ def _explain(
     ]
 
 
+def diversify(
+    vals: torch.Tensor, idx: torch.Tensor, text: np.ndarray, k: int, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-rank each row's candidates (``vals``/``idx``, best first; ``-inf`` = none) with
+    :func:`~recspark.recommend.kernel.mmr_order` over their ``text`` vectors, keeping ``k``.
+
+    Returns:
+        ``(values, indices)`` of shape ``(users, k)`` in MMR order (each item keeps its score).
+    """
+    v, ix = vals.cpu().numpy(), idx.cpu().numpy()
+    out_v = np.full((v.shape[0], k), -np.inf, dtype=v.dtype)
+    out_i = np.zeros((v.shape[0], k), dtype=ix.dtype)
+    for r in range(v.shape[0]):
+        valid = np.isfinite(v[r])
+        cand_v, cand_i = v[r][valid], ix[r][valid]
+        order = mmr_order(cand_v, text[cand_i], k, lam)
+        out_v[r, : len(order)] = cand_v[order]
+        out_i[r, : len(order)] = cand_i[order]
+    return torch.from_numpy(out_v).to(vals.device), torch.from_numpy(out_i).to(idx.device)
+
+
 def score_batches(
     batches: Iterator[pd.DataFrame],
     index: ItemIndex,
@@ -256,7 +298,8 @@ def score_batches(
     Args:
         batches: pandas frames with ``user_id``, ``vector`` and ``seen`` (item ids or None).
         index: the scored items.
-        params: k, exclusion, cold slots, block sizes.
+        params: k, exclusion, cold slots, block sizes, diversity (applied when ``index`` has
+            text embeddings: the top ``diversity_candidates * k`` are re-ranked by MMR).
 
     Yields:
         frames with ``user_id``, ``rank`` (1..n), ``item_id``, ``score``, ``reason``.
@@ -270,6 +313,8 @@ def score_batches(
     norms = np.linalg.norm(index.vectors, axis=1, keepdims=True)
     unit = index.vectors / np.where(norms > 0, norms, 1.0)
     any_cold = bool(index.is_cold.any())
+    mmr = params.diversity > 0 and index.text is not None
+    pool_k = params.k * params.diversity_candidates if mmr else params.k
     for pdf in batches:
         if pdf.empty:
             continue
@@ -291,7 +336,7 @@ def score_batches(
         vals, idx = topk_scores(
             users_t,
             items_t,
-            params.k,
+            pool_k,
             exclude_rows=rows,
             exclude_items=cols,
             user_block_size=params.user_block_size,
@@ -299,6 +344,8 @@ def score_batches(
             group_size=params.group_size,
             workers=params.torch_threads,
         )
+        if mmr and index.text is not None:
+            vals, idx = diversify(vals, idx, index.text, params.k, params.diversity)
         if params.cold_item_slots > 0 and any_cold:
             cvals, cidx = topk_scores(
                 users_t,

@@ -53,7 +53,7 @@ from recspark.train.loop import (
     load_weights,
     write_atomic,
 )
-from recspark.train.model import ModelShape
+from recspark.train.model import ModelShape, negatives_for
 from recspark.train.plan import plan_data, plan_files, plan_launch
 from recspark.train.reader import row_groups
 from recspark.train.tracking import default_tracking_uri, log_training
@@ -299,7 +299,15 @@ def fit(
         history_len=tc.history_len,
         weight_decay=tc.weight_decay,
         validation_k=tc.validation_k,
-        negatives=tc.negatives,
+        negatives=(
+            tc.negatives
+            if tc.negatives is not None
+            else negatives_for(
+                int(info["n_items"]), tc.negatives_fraction, tc.negatives_min, tc.negatives_max
+            )
+        ),
+        full_softmax=int(info["n_items"]) <= tc.full_softmax_max_items,
+        logq_correction=tc.logq_correction,
         seed=cfg.seed,
         reader_pool=tc.reader_pool,
         reader_workers=tc.reader_workers,

@@ -21,8 +21,18 @@ class TrainConfig:
     recency_half_life: float = 10.0  # in events of the user's history
     item_id_dropout: float = 0.3
     temperature: float = 0.05
-    # Uniformly sampled negatives added to the in-batch ones (helps rare and cold items).
-    negatives: int = 64
+    # The loss: a full softmax over every item when the catalog has at most
+    # full_softmax_max_items items; otherwise a sampled softmax over the batch's targets plus
+    # negatives drawn uniformly from the items with training interactions, both kinds
+    # corrected by the log of their sampling probability (logq_correction). The number of
+    # negatives scales with the catalog: negatives_fraction of it, clamped to
+    # [negatives_min, negatives_max]; an explicit `negatives` count overrides that.
+    full_softmax_max_items: int = 5000
+    negatives: int | None = None
+    negatives_fraction: float = 0.1
+    negatives_min: int = 64
+    negatives_max: int = 2048
+    logq_correction: bool = True
     weight_decay: float = 0.0
     patience: int = 2
     validation_days: float = 7.0
@@ -60,6 +70,23 @@ class TrainConfig:
             raise ValueError(f"item_id_dropout must be in [0, 1), found {self.item_id_dropout}")
         if self.history_len < 1 or self.dim < 1 or self.recency_half_life <= 0:
             raise ValueError("history_len, dim and recency_half_life must be > 0")
+        if self.full_softmax_max_items < 0:
+            raise ValueError(
+                f"full_softmax_max_items must be >= 0, found {self.full_softmax_max_items}"
+            )
+        if self.negatives is not None and self.negatives < 0:
+            raise ValueError(f"negatives must be >= 0 or null, found {self.negatives}")
+        if not 0.0 <= self.negatives_fraction <= 1.0:
+            raise ValueError(
+                f"negatives_fraction must be in [0, 1], found {self.negatives_fraction}"
+            )
+        if not 0 <= self.negatives_min <= self.negatives_max:
+            raise ValueError(
+                "negatives_min and negatives_max must satisfy 0 <= min <= max, found "
+                f"{self.negatives_min} and {self.negatives_max}"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, found {self.temperature}")
         if self.data_files < self.num_proc:
             raise ValueError(
                 f"data_files ({self.data_files}) must be >= num_proc ({self.num_proc})"

@@ -36,6 +36,8 @@ TARGET = "target"
 HISTORY = "history"
 KNOWN_TRAIN = "known_train"
 KNOWN_ALL = "known_all"
+N_TRAIN = "n_train"
+N_ALL = "n_all"
 TS = "ts"
 IS_VALID = "is_valid"
 AGE = "age"
@@ -198,21 +200,29 @@ def item_features(
     Returns:
         ``item_idx``, ``embedding`` (array<float> of ``text_dim``; zeros when missing),
         ``cat_idx`` (int, 0 = unknown), ``known_train`` / ``known_all`` (bool: the item-id
-        embedding is trained in the validation phase / the final phase).
+        embedding is trained in the validation phase / the final phase), ``n_train`` /
+        ``n_all`` (long: how often the item is a target in each phase, for the log-Q
+        correction of the sampled softmax).
     """
     zeros = F.array_repeat(F.lit(0.0).cast("float"), text_dim)
     kt = known_items(train_examples).withColumn(KNOWN_TRAIN, F.lit(True))
     ka = known_items(all_examples).withColumn(KNOWN_ALL, F.lit(True))
+    nt = train_examples.groupBy(F.col(TARGET).alias(ITEM_IDX)).agg(F.count(F.lit(1)).alias(N_TRAIN))
+    na = all_examples.groupBy(F.col(TARGET).alias(ITEM_IDX)).agg(F.count(F.lit(1)).alias(N_ALL))
     return (
         index.join(F.broadcast(categories), CATEGORY, "left")
         .join(kt, ITEM_IDX, "left")
         .join(ka, ITEM_IDX, "left")
+        .join(nt, ITEM_IDX, "left")
+        .join(na, ITEM_IDX, "left")
         .select(
             ITEM_IDX,
             F.coalesce(F.col(EMBEDDING).cast(ArrayType(FloatType())), zeros).alias(EMBEDDING),
             F.coalesce(F.col(CAT_IDX), F.lit(0)).cast("int").alias(CAT_IDX),
             F.coalesce(F.col(KNOWN_TRAIN), F.lit(False)).alias(KNOWN_TRAIN),
             F.coalesce(F.col(KNOWN_ALL), F.lit(False)).alias(KNOWN_ALL),
+            F.coalesce(F.col(N_TRAIN), F.lit(0)).cast("long").alias(N_TRAIN),
+            F.coalesce(F.col(N_ALL), F.lit(0)).cast("long").alias(N_ALL),
         )
     )
 

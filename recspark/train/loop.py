@@ -61,6 +61,10 @@ class TrainSpec:
     weight_decay: float = 0.0
     validation_k: int = 10
     negatives: int = 64
+    # Score every item in each step's softmax instead of sampling (small catalogs).
+    full_softmax: bool = False
+    # Correct sampled logits by the log of each candidate's sampling probability.
+    logq_correction: bool = True
     seed: int = 42
     reader_pool: str = "thread"
     reader_workers: int = 2
@@ -208,6 +212,29 @@ def load_item_features(path: str) -> tuple[ItemFeatures, torch.Tensor, torch.Ten
         cat_idx=torch.from_numpy(cat),
     )
     return feats, known_train.to(torch.bool), known_all.to(torch.bool)
+
+
+def load_target_counts(path: str, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """How often each item is a training target in the validation phase and in the final one
+    (``n_train`` / ``n_all`` of the item features; ones when a data set predates them)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(local_path(path)).sort_by("item_idx")
+    out = []
+    for name in ("n_train", "n_all"):
+        if name in table.column_names:
+            out.append(torch.from_numpy(table.column(name).to_numpy().astype(np.float64)))
+        else:
+            out.append(torch.ones(n_items, dtype=torch.float64))
+    return out[0], out[1]
+
+
+def target_shares(counts: torch.Tensor) -> torch.Tensor:
+    """Each item's share of the training targets (uniform when there are none)."""
+    total = float(counts.sum())
+    if total <= 0:
+        return torch.full(counts.shape, 1.0 / max(1, counts.numel()), dtype=torch.float32)
+    return (counts / total).to(torch.float32)
 
 
 def _load_examples(path: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -362,7 +389,9 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
     device = torch.device(plan_device(spec.use_gpu, torch.cuda.is_available(), comm.local_rank))
     feats, known_train, known_all = load_item_features(os.path.join(spec.data_dir, "items"))
     feats = feats.to(device)
-    n_items = feats.text.shape[0]
+    n_train_t, n_all_t = load_target_counts(
+        os.path.join(spec.data_dir, "items"), int(feats.text.shape[0])
+    )
     valid_hist, valid_target = _load_examples(os.path.join(spec.data_dir, "valid"))
     mine = slice(comm.rank, None, comm.size)
     valid_hist, valid_target = valid_hist[mine].to(device), valid_target[mine].to(device)
@@ -401,7 +430,7 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
                 Path(local_path(spec.model_dir)) / CHECKPOINT,
             )
 
-    def run_epoch(phase: str, epoch: int, kf: ItemFeatures) -> float:
+    def run_epoch(phase: str, epoch: int, kf: ItemFeatures, known: torch.Tensor) -> float:
         nonlocal train_seconds, train_samples
         url = dataset_url(
             os.path.join(spec.data_dir, "train" if phase == PHASE_VALIDATE else "all")
@@ -423,6 +452,11 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
         )
         # Seeded per (phase, epoch, rank): dropout and negatives replay exactly on resume.
         torch.manual_seed(_epoch_seed(spec.seed, phase, epoch, comm.rank))
+        # Only items with training interactions are candidates: an item never seen as a
+        # positive would otherwise be taught to score low, which is what cold items must not.
+        pool = known.nonzero().squeeze(1)
+        counts = n_train_t if phase == PHASE_VALIDATE else n_all_t
+        prob = target_shares(counts).to(device) if spec.logq_correction else None
         model.train()
         loss_sum, weight_sum = 0.0, 0.0
         ids: list[int] = []
@@ -436,12 +470,22 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
             target = torch.from_numpy(batch["target"].astype(np.int64)).to(device)
             weight = torch.from_numpy(batch["weight"].astype(np.float32)).to(device)
             negs = (
-                torch.randint(0, n_items, (spec.negatives,), device=device)
-                if spec.negatives > 0
+                pool[torch.randint(0, int(pool.shape[0]), (spec.negatives,), device=device)]
+                if spec.negatives > 0 and not spec.full_softmax and pool.numel() > 0
                 else None
             )
             dopt.zero_grad()
-            loss = batch_loss(model, kf, hist, target, weight, negs)
+            loss = batch_loss(
+                model,
+                kf,
+                hist,
+                target,
+                weight,
+                negs,
+                full_softmax=spec.full_softmax,
+                candidates=known,
+                target_prob=prob,
+            )
             loss.backward()
             comm.sync_gradients(model)
             dopt.step()
@@ -465,10 +509,11 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
             raise RuntimeError(f"injected failure after {phase} epoch {epoch}")
 
     if state["phase"] == PHASE_VALIDATE:
-        kf = replace(feats, id_idx=torch.where(known_train.to(device), feats.id_idx, 0))
+        known_v = known_train.to(device)
+        kf = replace(feats, id_idx=torch.where(known_v, feats.id_idx, 0))
         while state["epoch"] < spec.epochs and state["bad_epochs"] < spec.patience:
             epoch = state["epoch"] + 1
-            loss = run_epoch(PHASE_VALIDATE, epoch, kf)
+            loss = run_epoch(PHASE_VALIDATE, epoch, kf, known_v)
             part = evaluate(model, kf, valid_hist, valid_target, spec.validation_k)
             ndcg, recall, n = comm.allreduce([part[0], part[1], float(part[2])], "sum")
             k = spec.validation_k
@@ -495,11 +540,12 @@ def train_worker(spec: TrainSpec, comm: Comm | None = None) -> dict[str, Any]:
         state["phase"], state["epoch"] = PHASE_FINAL, 0
         checkpoint()
 
-    kf = replace(feats, id_idx=torch.where(known_all.to(device), feats.id_idx, 0))
+    known_f = known_all.to(device)
+    kf = replace(feats, id_idx=torch.where(known_f, feats.id_idx, 0))
     target_epochs = max(1, int(state["best_epoch"]))
     while state["epoch"] < target_epochs:
         epoch = state["epoch"] + 1
-        loss = run_epoch(PHASE_FINAL, epoch, kf)
+        loss = run_epoch(PHASE_FINAL, epoch, kf, known_f)
         state["history"].append({"phase": PHASE_FINAL, "epoch": epoch, "train_loss": loss})
         state["epoch"] = epoch
         checkpoint()

@@ -120,6 +120,85 @@ def recency_weights(mask: Tensor, half_life: float) -> Tensor:
     return w * mask.to(torch.float32)
 
 
+def negatives_for(n_items: int, fraction: float, low: int, high: int) -> int:
+    """How many negatives to sample for a catalog of ``n_items``: ``fraction`` of it, clamped
+    to ``[low, high]`` and never more than the catalog (pure)."""
+    return max(0, min(n_items, max(low, min(high, round(fraction * n_items)))))
+
+
+def expected_log_q(
+    target_prob: Tensor, batch_rows: int, n_negatives: int, pool_size: int
+) -> Tensor:
+    """Log of each item's expected count among a step's candidates (the log-Q correction).
+
+    A step's candidates are its ``batch_rows`` targets (drawn, over the data, with each item's
+    training share ``target_prob``) and ``n_negatives`` negatives drawn uniformly from a pool of
+    ``pool_size`` items: item ``c`` is expected ``batch_rows * p(c) + n_negatives / pool_size``
+    times. Subtracting its log from the logit removes the bias of popular items being
+    negatives more often than rare ones (sampled softmax with the "log Q" correction).
+
+    Args:
+        target_prob: ``[N]`` share of training targets per item (sums to 1).
+
+    Returns:
+        ``[N]`` float32 (``-inf`` for an item that can never be a candidate).
+    """
+    uniform = n_negatives / pool_size if pool_size > 0 else 0.0
+    return torch.log(batch_rows * target_prob.to(torch.float32) + uniform)
+
+
+def softmax_loss(
+    users: Tensor,
+    cand_vecs: Tensor,
+    label: Tensor,
+    weight: Tensor,
+    temperature: float,
+    *,
+    hit_mask: Tensor | None = None,
+    log_q: Tensor | None = None,
+) -> Tensor:
+    """Weighted softmax cross-entropy of each row's ``label`` among the candidates.
+
+    Logits are ``users @ cand_vecs.T / temperature - log_q`` with the masked entries (accidental
+    hits: a candidate in the row's history, or otherwise not to be scored as a negative) at
+    ``-inf``; the label's own column is never masked.
+
+    Args:
+        users: ``[B, d]``; cand_vecs: ``[C, d]``; label: ``[B]`` column of each row's target.
+        weight: ``[B]`` example weights (rows of weight 0 contribute nothing).
+        hit_mask: ``[B, C]`` bool, True where the candidate is removed for that row.
+        log_q: ``[C]`` log of each candidate's sampling probability (or expected count).
+
+    Returns:
+        The weighted mean loss (0 when every weight is 0).
+    """
+    logits = users @ cand_vecs.T / temperature
+    if log_q is not None:
+        logits = logits - log_q.unsqueeze(0)
+    if hit_mask is not None:
+        own = torch.zeros_like(hit_mask)
+        own[torch.arange(label.shape[0], device=label.device), label] = True
+        logits = logits.masked_fill(hit_mask & ~own, -math.inf)
+    ce = F.cross_entropy(logits, label, reduction="none")
+    ce = torch.where(weight > 0, ce, torch.zeros_like(ce))
+    total = weight.sum()
+    return (ce * weight).sum() / total.clamp_min(1e-12)
+
+
+def _history_hits(history: Tensor, col_of_item: Tensor, n_cols: int) -> Tensor:
+    """``[B, n_cols]`` bool: True where a candidate column holds an item of the row's history.
+
+    ``col_of_item`` maps an item position (as used in ``history``) to its candidate column, or
+    -1 when the item is not a candidate."""
+    mask = history >= 0
+    cols = col_of_item[history.clamp_min(0)]
+    keep = mask & (cols >= 0)
+    rows = torch.arange(history.shape[0], device=history.device).unsqueeze(1).expand_as(history)
+    hits = torch.zeros((history.shape[0], n_cols), dtype=torch.bool, device=history.device)
+    hits[rows[keep], cols[keep]] = True
+    return hits
+
+
 def batch_loss(
     model: TwoTower,
     feats: ItemFeatures,
@@ -127,30 +206,59 @@ def batch_loss(
     target: Tensor,
     weight: Tensor,
     negatives: Tensor | None = None,
+    *,
+    full_softmax: bool = False,
+    candidates: Tensor | None = None,
+    target_prob: Tensor | None = None,
 ) -> Tensor:
-    """Weighted in-batch softmax loss of predicting ``target`` from ``history``.
+    """Weighted softmax loss of predicting ``target`` from ``history``.
 
-    Candidates are the batch's distinct targets plus ``negatives`` (sampled item indices); the
-    item tower runs once per distinct item of the batch. Rows of weight 0 (padding steps of a
-    worker whose shard ran out) contribute nothing; a batch of only such rows gives 0 loss with
-    a gradient of zeros (so the worker still takes part in the gradient allreduce).
+    Two modes:
+
+    * ``full_softmax``: every item (where ``candidates`` is True, default all) is a candidate;
+      the item tower runs over the whole catalog once per step. No correction is needed.
+    * sampled: candidates are the batch's distinct targets plus ``negatives`` (item indices
+      drawn uniformly from the ``candidates`` pool); the item tower runs once per distinct item
+      of the batch. With ``target_prob`` (each item's share of training targets), each
+      candidate's logit is corrected by the log of its expected count among the candidates
+      (:func:`expected_log_q`), in-batch and sampled alike.
+
+    In both, accidental hits are removed: a candidate that is an item of the row's history is
+    masked out (a candidate equal to the target appears once, as the label). Rows of weight 0
+    (padding steps of a worker whose shard ran out) contribute nothing; a batch of only such
+    rows gives 0 loss with a gradient of zeros (so the worker still takes part in the gradient
+    allreduce).
     """
+    n_all = feats.text.shape[0]
     mask = history >= 0
+    temperature = model.shape.temperature
+    if full_softmax:
+        all_idx = torch.arange(n_all, device=target.device)
+        vecs = model.items(feats, all_idx)
+        users = model.user_tower(vecs[history.clamp_min(0)], mask)
+        hits = _history_hits(history, all_idx, n_all)
+        if candidates is not None:
+            hits = hits | ~candidates.unsqueeze(0)
+        return softmax_loss(users, vecs, target, weight, temperature, hit_mask=hits)
     parts = [history[mask], target] + ([negatives] if negatives is not None else [])
     uniq, inv = torch.unique(torch.cat(parts), return_inverse=True)
     vecs = model.items(feats, uniq)
     n_hist = int(mask.sum())
-    hist_pos = torch.zeros(history.shape, dtype=torch.long, device=history.device)
+    hist_pos = torch.full(history.shape, -1, dtype=torch.long, device=history.device)
     hist_pos[mask] = inv[:n_hist]
-    hist_vecs = vecs[hist_pos]
-    users = model.user_tower(hist_vecs, mask)
+    users = model.user_tower(vecs[hist_pos.clamp_min(0)], mask)
     # Candidates: distinct targets and negatives, each once (duplicates are not negatives).
     cand, label = torch.unique(inv[n_hist:], return_inverse=True)
     label = label[: target.shape[0]]
-    logits = users @ vecs[cand].T / model.shape.temperature
-    ce = F.cross_entropy(logits, label, reduction="none")
-    total = weight.sum()
-    return (ce * weight).sum() / total.clamp_min(1e-12)
+    col_of_uniq = torch.full((uniq.shape[0],), -1, dtype=torch.long, device=uniq.device)
+    col_of_uniq[cand] = torch.arange(cand.shape[0], device=uniq.device)
+    hits = _history_hits(hist_pos, col_of_uniq, int(cand.shape[0]))
+    log_q = None
+    if target_prob is not None:
+        n_neg = int(negatives.shape[0]) if negatives is not None else 0
+        pool = int(candidates.sum()) if candidates is not None else n_all
+        log_q = expected_log_q(target_prob[uniq[cand]], int(target.shape[0]), n_neg, pool)
+    return softmax_loss(users, vecs[cand], label, weight, temperature, hit_mask=hits, log_q=log_q)
 
 
 @torch.no_grad()
