@@ -143,7 +143,7 @@ def run_stages(
             summaries.append(summary)
             print(json.dumps(summary, default=str, sort_keys=True), flush=True)
         if report:
-            from recspark.report import write_run_report
+            from recspark.reporting.writer import write_run_report
 
             path = write_run_report(session, cfg, summaries)
             log.info("report: %s", path)

@@ -28,14 +28,19 @@ def hadoop_path(spark: SparkSession, path: str) -> tuple[Any, Any]:
     return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
 
 
-def write_text(spark: SparkSession, path: str, text: str) -> None:
-    """Write a small text file (a manifest, a report) through Hadoop, overwriting it."""
+def write_bytes(spark: SparkSession, path: str, data: bytes) -> None:
+    """Write a small file (a manifest, a report, a plot) through Hadoop, overwriting it."""
     fs, hpath = hadoop_path(spark, path)
     stream = fs.create(hpath, True)
     try:
-        stream.write(bytearray(text.encode("utf-8")))
+        stream.write(bytearray(data))
     finally:
         stream.close()
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    """Write a small text file through Hadoop (UTF-8), overwriting it."""
+    write_bytes(spark, path, text.encode("utf-8"))
 
 
 def list_files(spark: SparkSession, path: str) -> list[str]:

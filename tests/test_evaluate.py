@@ -19,9 +19,10 @@ from recspark.evaluate import job
 from recspark.evaluate.baselines import als_grid, popularity_recs
 from recspark.evaluate.config import EvaluateConfig
 from recspark.evaluate.metrics import ranking_metrics
-from recspark.evaluate.report import MetricRow, markdown_table, report_dir
 from recspark.evaluate.split import chronological_holdout, holdout_count, train_events
 from recspark.recommend.config import RecommendConfig
+from recspark.reporting.data import MetricRow, markdown_table
+from recspark.reporting.writer import report_folder
 from recspark.schema import INTERACTIONS_SCHEMA, SILVER_ITEMS_SCHEMA
 from recspark.storage import locations
 
@@ -151,10 +152,10 @@ def test_report_helpers(tmp_path: Path) -> None:
     rows = [MetricRow("recspark", "ndcg", 10, 0.25), MetricRow("als", "ndcg", 10, 0.125)]
     table = markdown_table(rows, ["recspark", "als", "popularity"])
     assert "| ndcg@10 | 0.2500 | 0.1250 |  |" in table
-    assert report_dir(locations("s3a://bucket/wh", None), "r") is None
-    assert report_dir(locations("file:/tmp/wh", None), "r") == Path("/tmp/wh/reports/r")
-    assert report_dir(locations("warehouse", None), "r") == Path("warehouse/reports/r").absolute()
-    assert report_dir(locations("c.s", "/Volumes/c/s/v"), "r") == Path("/Volumes/c/s/v/reports/r")
+    # One writer for every file system: an object store gets its report too.
+    assert report_folder(locations("s3a://bucket/wh", None), "r") == "s3a://bucket/wh/reports/r"
+    assert report_folder(locations("file:/tmp/wh", None), "r") == "file:/tmp/wh/reports/r"
+    assert report_folder(locations("c.s", "/Volumes/c/s/v"), "r") == "/Volumes/c/s/v/reports/r"
     assert [(p.rank, p.reg) for p in als_grid((4, 8), (0.1,), 5, 1.0, 1)] == [(4, 0.1), (8, 0.1)]
 
 

@@ -24,7 +24,7 @@ from recspark.errors import InputError
 from recspark.ingest import transforms as X
 from recspark.ingest.job import run as ingest
 from recspark.io import input_errors, read_raw
-from recspark.report import write_run_report
+from recspark.reporting.writer import write_run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).parent / "data" / "bad_inputs"

@@ -15,19 +15,9 @@ from pyspark.sql import SparkSession
 from recspark import tables
 from recspark.config import load_config
 from recspark.errors import ConfigError, SchemaError
-from recspark.evaluate.report import MetricRow
-from recspark.report import (
-    build_run_report,
-    by_stage,
-    esc,
-    fmt,
-    history_frame,
-    html_table,
-    metric_rows,
-    ordered_models,
-    report_path,
-    write_run_report,
-)
+from recspark.reporting.data import MetricRow, by_stage, history_frame, metric_rows, ordered_models
+from recspark.reporting.page import build_run_report, esc, fmt, html_table
+from recspark.reporting.writer import report_path, write_run_report
 from recspark.schema import METRICS_SCHEMA
 from recspark.storage import locations
 
@@ -281,7 +271,7 @@ def test_write_run_report_without_evaluate_or_model(spark: SparkSession, warehou
 
 
 def test_figures_have_one_panel_per_metric_and_curve() -> None:
-    from recspark.report import metrics_figure, training_figure
+    from recspark.reporting.figures import metrics_figure, training_figure
 
     fig = metrics_figure(metrics_pdf())
     titles = [ax.get_title() for ax in fig.axes if ax.axison]

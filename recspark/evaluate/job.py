@@ -26,7 +26,6 @@ from recspark.evaluate.baselines import (
     popularity_recs,
 )
 from recspark.evaluate.metrics import VALUE, ranking_metrics, unit_vectors
-from recspark.evaluate.report import MetricRow, report_dir, write_report
 from recspark.evaluate.split import TEST, TRAIN, chronological_holdout, train_events
 from recspark.log import get_logger
 from recspark.recommend.config import RecommendConfig
@@ -37,6 +36,8 @@ from recspark.recommend.transforms import (
     recommend,
     score_params,
 )
+from recspark.reporting.data import MetricRow
+from recspark.reporting.writer import write_evaluation_report
 from recspark.schema import (
     EMBEDDING,
     IS_COLD,
@@ -290,12 +291,13 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     )
     tables.merge_upsert(spark, out, wh, tables.GOLD_METRICS, keys=[RUN_ID, MODEL, METRIC, K])
     paths: dict[str, str] = {}
-    where = report_dir(cfg.locations(), run_id)
-    if ec.report and where is not None:
-        paths = write_report(
+    if ec.report:
+        paths = write_evaluation_report(
+            spark,
+            cfg.locations(),
+            run_id,
             rows,
             list(ec.models),
-            where,
             title=f"recspark evaluation, run {run_id}",
             notes=[f"split: {split_counts}", *notes],
         )
