@@ -169,6 +169,7 @@ def _jsonl(path: Path, records: list[dict[str, object]]) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_ingest_writes_its_tables_by_name(
     spark: SparkSession, uc_schema: str, tmp_path: Path
 ) -> None:
@@ -205,7 +206,7 @@ def test_ingest_writes_its_tables_by_name(
         "quarantined": 1,
         "duplicates": 1,
     }
-    names = {r.tableName for r in spark.catalog.listTables(uc_schema)}
+    names = {t.name for t in spark.catalog.listTables(uc_schema)}
     assert names == {
         "silver_items",
         "silver_events",
