@@ -218,6 +218,10 @@ def test_ingest_writes_its_tables_by_name(
     assert sorted(r[S.EVENT_ID] for r in spark.table(events_table).collect()) == ["e1", "e2"]
     detail = spark.sql(f"DESCRIBE DETAIL {events_table}").first()
     assert detail["partitionColumns"] == [S.EVENT_DATE]
+    # File statistics only on the columns queries filter on, as for a path warehouse.
+    assert detail["properties"]["delta.dataSkippingStatsColumns"] == (
+        "user_id,item_id,event_type,event_ts"
+    )
     assert spark.table(f"{uc_schema}.silver_quarantine").count() == 1
     # Rerun: the MERGEs by name insert nothing.
     again = ingest(spark, cfg)["events"]
