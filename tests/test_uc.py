@@ -78,10 +78,14 @@ def test_registry_names_keys_and_partitions_are_consistent() -> None:
 
 def test_uc_warehouse_without_a_file_location_stops_before_spark() -> None:
     from recspark.cli import preflight
+    from recspark.config import Config
 
-    cfg = load_config(None, ["warehouse=main.recspark"])
-    with pytest.raises(ConfigError, match=r"key 'files'.*Unity Catalog schema.*Volume"):
-        preflight(["ingest"], cfg)
+    with pytest.raises(
+        ConfigError, match=r"\.yaml \(with --set\): key 'files'.*Unity Catalog schema.*Volume"
+    ):
+        load_config(None, ["warehouse=main.recspark"])
+    with pytest.raises(ConfigError, match=r"key 'files'"):
+        preflight(["ingest"], Config(warehouse="main.recspark"))
     ok = load_config(None, ["warehouse=main.recspark", "files=/Volumes/main/recspark/files"])
     assert ok.locations().model_dir("v1") == "/Volumes/main/recspark/files/models/v1"
     assert ok.locations().reports("r1") == "/Volumes/main/recspark/files/reports/r1"
