@@ -296,6 +296,10 @@ def load_config(
     if overrides:
         source = f"{source} (with --set)"
     cfg = _build(Config, tree, "", source)
+    try:
+        cfg.locations()  # a Unity Catalog warehouse needs a file location
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from e
     return typing.cast(Config, dataclasses.replace(cfg, source=source))
 
 

@@ -78,10 +78,14 @@ def test_registry_names_keys_and_partitions_are_consistent() -> None:
 
 def test_uc_warehouse_without_a_file_location_stops_before_spark() -> None:
     from recspark.cli import preflight
+    from recspark.config import Config
 
-    cfg = load_config(None, ["warehouse=main.recspark"])
-    with pytest.raises(ConfigError, match=r"key 'files'.*Unity Catalog schema.*Volume"):
-        preflight(["ingest"], cfg)
+    with pytest.raises(
+        ConfigError, match=r"\.yaml \(with --set\): key 'files'.*Unity Catalog schema.*Volume"
+    ):
+        load_config(None, ["warehouse=main.recspark"])
+    with pytest.raises(ConfigError, match=r"key 'files'"):
+        preflight(["ingest"], Config(warehouse="main.recspark"))
     ok = load_config(None, ["warehouse=main.recspark", "files=/Volumes/main/recspark/files"])
     assert ok.locations().model_dir("v1") == "/Volumes/main/recspark/files/models/v1"
     assert ok.locations().reports("r1") == "/Volumes/main/recspark/files/reports/r1"
@@ -169,6 +173,7 @@ def _jsonl(path: Path, records: list[dict[str, object]]) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_ingest_writes_its_tables_by_name(
     spark: SparkSession, uc_schema: str, tmp_path: Path
 ) -> None:
@@ -205,7 +210,7 @@ def test_ingest_writes_its_tables_by_name(
         "quarantined": 1,
         "duplicates": 1,
     }
-    names = {r.tableName for r in spark.catalog.listTables(uc_schema)}
+    names = {t.name for t in spark.catalog.listTables(uc_schema)}
     assert names == {
         "silver_items",
         "silver_events",
@@ -217,6 +222,10 @@ def test_ingest_writes_its_tables_by_name(
     assert sorted(r[S.EVENT_ID] for r in spark.table(events_table).collect()) == ["e1", "e2"]
     detail = spark.sql(f"DESCRIBE DETAIL {events_table}").first()
     assert detail["partitionColumns"] == [S.EVENT_DATE]
+    # File statistics only on the columns queries filter on, as for a path warehouse.
+    assert detail["properties"]["delta.dataSkippingStatsColumns"] == (
+        "user_id,item_id,event_type,event_ts"
+    )
     assert spark.table(f"{uc_schema}.silver_quarantine").count() == 1
     # Rerun: the MERGEs by name insert nothing.
     again = ingest(spark, cfg)["events"]

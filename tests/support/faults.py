@@ -61,18 +61,8 @@ STAGE_TABLES: dict[str, tuple[str, ...]] = {
     "recommend": (T.GOLD_RECOMMENDATIONS,),
 }
 
-# The key of each table: a key present twice is a duplicate.
-TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    T.SILVER_ITEMS: (S.ITEM_ID,),
-    T.SILVER_EVENTS: (S.EVENT_KEY,),
-    T.SILVER_QUARANTINE: (S.RECORD_KEY,),
-    T.SILVER_INTERACTIONS: (S.USER_ID, S.ITEM_ID),
-    T.GOLD_ITEM_EMBEDDINGS: (S.ITEM_ID,),
-    T.GOLD_USER_EMBEDDINGS: (S.USER_ID,),
-    T.GOLD_ITEM_VECTORS: (S.ITEM_ID,),
-    T.GOLD_USER_VECTORS: (S.USER_ID,),
-    T.GOLD_RECOMMENDATIONS: (S.USER_ID, S.RANK),
-}
+# The key of each table: a key present twice is a duplicate (the table registry's).
+TABLE_KEYS: dict[str, tuple[str, ...]] = {t.name: t.key for t in T.TABLES}
 
 # Columns that name the run or the time of writing: they differ between any two runs.
 IGNORED_COLUMNS: frozenset[str] = frozenset(
