@@ -65,6 +65,7 @@ SILVER_QUARANTINE = "silver/quarantine"
 SILVER_ITEMS = "silver/items"
 SILVER_INTERACTIONS = "silver/interactions"
 SILVER_INGEST_RUNS = "silver/ingest_runs"
+SILVER_EVENT_HOURS = "silver/event_hours"
 GOLD_ITEM_EMBEDDINGS = "gold/item_embeddings"
 GOLD_USER_EMBEDDINGS = "gold/user_embeddings"
 GOLD_RECOMMENDATIONS = "gold/recommendations"
@@ -79,6 +80,7 @@ WRITTEN_BY = {
     SILVER_ITEMS: "ingest",
     SILVER_INTERACTIONS: "ingest",
     SILVER_INGEST_RUNS: "ingest",
+    SILVER_EVENT_HOURS: "ingest",
     GOLD_ITEM_EMBEDDINGS: "embed",
     GOLD_USER_EMBEDDINGS: "embed",
     GOLD_RECOMMENDATIONS: "recommend",
@@ -288,6 +290,24 @@ def merge_upsert(
         m.execute()
 
     _retrying(path, attempt)
+
+
+def delete_matching(
+    spark: SparkSession, df: DataFrame, warehouse: str, name: str, keys: Sequence[str]
+) -> int:
+    """Delete the table's rows whose ``keys`` are in ``df`` (a MERGE: one commit, none when
+    the table does not exist); return how many. Deleting again deletes nothing."""
+    path = table_path(warehouse, name)
+    if not exists(spark, path):
+        return 0
+    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+
+    def attempt() -> int:
+        table = DeltaTable.forPath(spark, path)
+        result = table.alias("t").merge(df.alias("s"), cond).whenMatchedDelete().execute()
+        return _merge_metric(result, "num_deleted_rows")
+
+    return _retrying(path, attempt)
 
 
 def _create(

@@ -1,0 +1,200 @@
+"""Whole-pipeline scale benchmark: `recspark run` at growing sizes, then the daily batch.
+
+    .venv/bin/python benchmarks/pipeline.py --sizes 1000000 10000000 --out /tmp/recspark-pipe
+
+For each size it generates events (users = size / 100, items = size / 200, as the demo's
+200k / 2,000 / 1,000), runs ``recspark run`` on them in a fresh process (one JVM, every stage
+in order, as a user runs it) and reads each stage's seconds from the summaries the command
+prints. It prints seconds, events per second per core and the per-event cost of each stage
+at the largest size relative to the smallest (target: at most 1.2x).
+
+Then the daily case, at the largest size: a batch of ``--daily-fraction`` (1%) of the history,
+generated with another seed on the day after it, is ingested (a) into the warehouse that the
+run left, as one more file in its input folder (``ingest.mode=incremental`` reads only that
+file), and (b) into an empty warehouse. Target: (a) at most 2x (b), so that the cost of a daily
+run follows the batch, not the history.
+
+``--reuse`` keeps generated data and warehouses of an earlier run (the daily step then needs
+the warehouse of the largest size). Figures are wall-clock seconds on this machine's
+``spark.master`` (local[2] unless ``--set spark.master=...``); run nothing else meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECSPARK = [sys.executable, "-m", "recspark.cli"]
+STAGES = ("ingest", "embed", "train", "recommend", "evaluate")
+GENERATED_END = datetime(2026, 11, 1, tzinfo=UTC)  # recspark.generate's default end
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """One stage's figures in one run."""
+
+    stage: str
+    seconds: float
+    summary: dict[str, object]
+
+
+def shape(events: int) -> dict[str, int]:
+    """The demo's proportions at ``events`` (pure)."""
+    return {"events": events, "users": max(events // 100, 10), "items": max(events // 200, 10)}
+
+
+def generate_args(out: Path, events: int, *, seed: int, end: datetime, days: int) -> list[str]:
+    """``recspark generate`` overrides for ``events`` events under ``out`` (pure)."""
+    s = shape(events)
+    sets = {
+        "generate.output": str(out),
+        "generate.events": s["events"],
+        "generate.users": s["users"],
+        "generate.items": s["items"],
+        "generate.end": end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "generate.days": days,
+        "seed": seed,
+    }
+    return [arg for k, v in sets.items() for arg in ("--set", f"{k}={v}")]
+
+
+def run_args(data: Path, warehouse: Path, extra: list[str]) -> list[str]:
+    """Overrides that point a command at ``data`` and ``warehouse`` (pure)."""
+    sets = [
+        f"input.events={data / 'events'}",
+        f"input.items={data / 'items'}",
+        f"warehouse={warehouse}",
+    ]
+    return [arg for s in sets for arg in ("--set", s)] + extra
+
+
+def recspark(command: str, args: list[str], log: Path) -> list[StageRun]:
+    """Run ``recspark <command> ARGS`` in a fresh process; its stages' figures.
+
+    Raises:
+        RuntimeError: with the command, exit code and the log's tail, when it fails.
+    """
+    cmd = [*RECSPARK, command, *args]
+    t0 = time.perf_counter()
+    with log.open("w") as err:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{tail}")
+    runs = []
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            summary = json.loads(line)
+            runs.append(StageRun(str(summary.get("stage")), float(summary["seconds"]), summary))
+    print(f"  {command}: {wall:.1f} s wall ({log})", flush=True)
+    return runs
+
+
+def events_read(ingest_summary: dict[str, object]) -> object:
+    """The event records an ingest run read, from its summary (pure)."""
+    events = ingest_summary.get("events")
+    return events.get("read") if isinstance(events, dict) else None
+
+
+def per_event(runs: list[StageRun], events: int, cores: int) -> dict[str, float]:
+    """Core-microseconds per input event of each stage (pure)."""
+    return {r.stage: r.seconds * cores * 1e6 / events for r in runs}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--out", type=Path, default=Path("/tmp/recspark-pipe"))
+    ap.add_argument("--daily-fraction", type=float, default=0.01)
+    ap.add_argument("--cores", type=int, default=2, help="cores of spark.master (local[2])")
+    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE")
+    a = ap.parse_args()
+    extra = [arg for s in a.extra for arg in ("--set", s)]
+    sizes = sorted(a.sizes)
+    results: dict[int, list[StageRun]] = {}
+    for n in sizes:
+        root = a.out / str(n)
+        data, wh = root / "data", root / "warehouse"
+        if not (a.reuse and (data / "events").exists()):
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            gen = generate_args(data, n, seed=42, end=GENERATED_END, days=28)
+            recspark("generate", gen, root / "generate.log")
+        if not (a.reuse and (root / "run.json").exists()):
+            shutil.rmtree(wh, ignore_errors=True)
+            runs = recspark("run", run_args(data, wh, extra), root / "run.log")
+            (root / "run.json").write_text(json.dumps([r.__dict__ for r in runs], default=str))
+        results[n] = [StageRun(**r) for r in json.loads((root / "run.json").read_text())]
+
+    print("\n| stage | " + " | ".join(f"{n:,} events: s (core-µs/event)" for n in sizes) + " |")
+    print("| --- | " + " | ".join("---:" for _ in sizes) + " |")
+    costs = {n: per_event(results[n], n, a.cores) for n in sizes}
+    for stage in STAGES:
+        cells = [
+            f"{next(r.seconds for r in results[n] if r.stage == stage):.1f} "
+            f"({costs[n][stage]:.1f})"
+            for n in sizes
+        ]
+        print(f"| {stage} | " + " | ".join(cells) + " |")
+    if len(sizes) > 1:
+        lo, hi = sizes[0], sizes[-1]
+        print(f"\nper-event cost at {hi:,} / at {lo:,} (target <= 1.2x):")
+        for stage in STAGES:
+            print(f"  {stage}: {costs[hi][stage] / costs[lo][stage]:.2f}x")
+
+    # The daily batch: into the largest warehouse (incremental) and into an empty one.
+    n = sizes[-1]
+    root = a.out / str(n)
+    batch_n = max(int(n * a.daily_fraction), 1000)
+    batch = root / "daily"
+    shutil.rmtree(batch, ignore_errors=True)
+    end = GENERATED_END + timedelta(days=1)
+    recspark("generate", generate_args(batch, batch_n, seed=7, end=end, days=1), root / "g.log")
+    history_items = root / "data" / "items"
+    files = sorted((batch / "events").glob("part-*"))
+    for f in files:  # one more file in the history's input folder, under a name of its own
+        shutil.copy(f, root / "data" / "events" / f"daily-{f.name}")
+    base = ["--set", f"input.items={history_items}"]
+    into_history = recspark(
+        "ingest",
+        [*run_args(root / "data", root / "warehouse", extra), "--set", "ingest.mode=incremental"],
+        root / "daily-history.log",
+    )
+    empty = root / "daily-empty-warehouse"
+    shutil.rmtree(empty, ignore_errors=True)
+    alone = recspark(
+        "ingest",
+        [
+            "--set",
+            f"input.events={batch / 'events'}",
+            "--set",
+            f"warehouse={empty}",
+            *base,
+            *extra,
+        ],
+        root / "daily-empty.log",
+    )
+    h, e = into_history[0], alone[0]
+    read_h = events_read(h.summary)
+    print(
+        f"\ndaily batch: into the {n:,}-event warehouse {h.seconds:.1f} s (read {read_h} "
+        f"records), into an empty one {e.seconds:.1f} s (read {events_read(e.summary)}): "
+        f"{h.seconds / e.seconds:.2f}x (target <= 2x)"
+    )
+    for f in files:
+        os.unlink(root / "data" / "events" / f"daily-{f.name}")
+
+
+if __name__ == "__main__":
+    main()
