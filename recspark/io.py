@@ -141,6 +141,7 @@ def read_text_lines(spark: SparkSession, path: str) -> list[str]:
     statuses = (
         fs.listStatus(hpath) if fs.getFileStatus(hpath).isDirectory() else [fs.getFileStatus(hpath)]
     )
+    jvm: Any = spark.sparkContext._jvm
     lines: list[str] = []
     for st in sorted(statuses, key=lambda s: s.getPath().getName()):
         name = st.getPath().getName()
@@ -148,7 +149,7 @@ def read_text_lines(spark: SparkSession, path: str) -> list[str]:
             continue
         stream = fs.open(st.getPath())
         try:
-            data = bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+            data = bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
         finally:
             stream.close()
         lines += data.decode("utf-8").splitlines()

@@ -85,7 +85,14 @@ def _ingest_items(
     counts = summarize(classified)
     reconcile("items", read, counts)
     accepted = X.to_silver_items(classified.where(F.col(X.STATUS) == "accepted"))
-    T.merge_upsert(spark, accepted, cfg.warehouse, T.SILVER_ITEMS, keys=[S.ITEM_ID])
+    if T.exists(spark, T.table_path(cfg.warehouse, T.SILVER_ITEMS)):
+        # Only new or changed items: an unchanged catalog commits nothing.
+        stored = T.read(spark, cfg.warehouse, T.SILVER_ITEMS).select(*accepted.columns)
+        accepted = accepted.subtract(stored)
+        if not accepted.isEmpty():
+            T.merge_upsert(spark, accepted, cfg.warehouse, T.SILVER_ITEMS, keys=[S.ITEM_ID])
+    else:
+        T.merge_upsert(spark, accepted, cfg.warehouse, T.SILVER_ITEMS, keys=[S.ITEM_ID])
     rejected = X.to_quarantine(
         classified.where(F.col(X.STATUS) == "quarantined"), run_id=run_id, input_name="items"
     )

@@ -18,6 +18,7 @@ import json
 import sys
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -65,15 +66,22 @@ def rewritten_files(spark: SparkSession, checkpoint: str, files: list[str]) -> l
     """Input files that changed after a batch read them: listed with a modification time later
     than the one the stream's source log recorded. The file source does not read them again
     (it knows files by path): the run reports them instead."""
-    seen: dict[str, int] = {}
+    seen: dict[tuple[str, str, str], int] = {}
     for line in read_text_lines(spark, f"{checkpoint.rstrip('/')}/sources/0"):
         if line.startswith("{"):
             entry = json.loads(line)
-            seen[str(entry["path"])] = int(entry["timestamp"])
+            seen[_same_file(str(entry["path"]))] = int(entry["timestamp"])
     if not seen:
         return []
-    now = modification_times(spark, [f for f in files if f in seen])
-    return sorted(f for f, t in now.items() if t > seen[f])
+    now = modification_times(spark, [f for f in files if _same_file(f) in seen])
+    return sorted(f for f, t in now.items() if t > seen[_same_file(f)])
+
+
+def _same_file(path: str) -> tuple[str, str, str]:
+    """A path as (scheme, authority, decoded path): the source log writes ``file:///a%20b``
+    where a listing says ``file:/a b``."""
+    parts = urlsplit(path)
+    return parts.scheme, parts.netloc, unquote(parts.path)
 
 
 def _stored(spark: SparkSession, cfg: Config, name: str, files: list[str]) -> DataFrame | None:
