@@ -92,16 +92,73 @@ def read_raw(spark: SparkSession, path: str, fmt: Format = "auto") -> DataFrame:
     files = list_files(spark, path)
     kind = detect_format(files, fmt)
     if kind == "jsonl":
-        df = spark.read.option("lineSep", "\n").text(files)
-        # Bytes that are not UTF-8 become U+FFFD; the regex runs only on the rare lines that
-        # need it (on every line it cost as much as reading the line).
-        line = F.make_valid_utf8(F.col("value"))
-        strip = line.startswith("\ufeff") | line.endswith("\r")
-        return df.select(
-            F.when(strip, F.regexp_replace(line, "^\ufeff|\r$", "")).otherwise(line).alias(S.RAW),
-            F.col("_metadata.file_path").alias(S.SOURCE_FILE),
-        )
+        return jsonl_records(spark.read.option("lineSep", "\n").text(files))
     return read_parquet_raw(spark, files)
+
+
+def jsonl_records(lines: DataFrame) -> DataFrame:
+    """Lines of a text source (``value``, batch or streaming) as ``raw`` and ``source_file``:
+    :func:`read_raw`'s records of JSON Lines."""
+    # Bytes that are not UTF-8 become U+FFFD; the regex runs only on the rare lines that
+    # need it (on every line it cost as much as reading the line).
+    line = F.make_valid_utf8(F.col("value"))
+    strip = line.startswith("\ufeff") | line.endswith("\r")
+    return lines.select(
+        F.when(strip, F.regexp_replace(line, "^\ufeff|\r$", "")).otherwise(line).alias(S.RAW),
+        F.col("_metadata.file_path").alias(S.SOURCE_FILE),
+    )
+
+
+def read_stream_raw(
+    spark: SparkSession, path: str, source: Literal["files", "autoloader"] = "files"
+) -> DataFrame:
+    """JSON Lines under ``path`` as a stream of :func:`read_raw`'s records: each file once,
+    the first time a query with a given checkpoint sees it.
+
+    Args:
+        source: ``files``, Spark's file source (a folder, read recursively, or a glob); or
+            ``autoloader``, Databricks Auto Loader (``cloudFiles``; only on Databricks).
+    """
+    if source == "autoloader":
+        reader = spark.readStream.format("cloudFiles").option("cloudFiles.format", "text")
+    else:
+        reader = spark.readStream.format("text")
+    return jsonl_records(
+        reader.option("lineSep", "\n").option("recursiveFileLookup", "true").load(path)
+    )
+
+
+def modification_times(spark: SparkSession, files: list[str]) -> dict[str, int]:
+    """Each file's modification time (ms since the epoch), by its path as listed."""
+    out: dict[str, int] = {}
+    for f in files:
+        fs, hpath = hadoop_path(spark, f)
+        out[f] = int(fs.getFileStatus(hpath).getModificationTime())
+    return out
+
+
+def read_text_lines(spark: SparkSession, path: str) -> list[str]:
+    """The lines of the small text files at ``path`` (a file or a folder's files, not
+    recursively; none when it does not exist), in name order."""
+    fs, hpath = hadoop_path(spark, path)
+    if not fs.exists(hpath):
+        return []
+    statuses = (
+        fs.listStatus(hpath) if fs.getFileStatus(hpath).isDirectory() else [fs.getFileStatus(hpath)]
+    )
+    jvm: Any = spark.sparkContext._jvm
+    lines: list[str] = []
+    for st in sorted(statuses, key=lambda s: s.getPath().getName()):
+        name = st.getPath().getName()
+        if st.isDirectory() or name.startswith((".", "_")):
+            continue
+        stream = fs.open(st.getPath())
+        try:
+            data = bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+        finally:
+            stream.close()
+        lines += data.decode("utf-8").splitlines()
+    return lines
 
 
 _MERGE_FAILURES = ("CANNOT_MERGE_SCHEMAS", "CANNOT_MERGE_INCOMPATIBLE_DATA_TYPE")

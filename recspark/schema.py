@@ -209,6 +209,20 @@ METRICS_SCHEMA = StructType(
     ]
 )
 
+# silver/event_hours: per user, clock hour and source file, the events the bot rule counts
+# (valid, not duplicates): the state that lets an incremental batch count a user's hours
+# across batches.
+HOUR = "hour"
+EVENTS = "events"
+EVENT_HOURS_SCHEMA = StructType(
+    [
+        StructField(USER_ID, StringType(), False),
+        StructField(HOUR, TimestampType(), False),
+        StructField(SOURCE_FILE, StringType(), False),
+        StructField(EVENTS, LongType(), False),
+    ]
+)
+
 INGEST_RUNS_SCHEMA = StructType(
     [
         StructField(RUN_ID, StringType(), False),

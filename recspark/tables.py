@@ -78,6 +78,7 @@ SILVER_QUARANTINE = "silver/quarantine"
 SILVER_ITEMS = "silver/items"
 SILVER_INTERACTIONS = "silver/interactions"
 SILVER_INGEST_RUNS = "silver/ingest_runs"
+SILVER_EVENT_HOURS = "silver/event_hours"
 GOLD_ITEM_EMBEDDINGS = "gold/item_embeddings"
 GOLD_USER_EMBEDDINGS = "gold/user_embeddings"
 GOLD_RECOMMENDATIONS = "gold/recommendations"
@@ -120,6 +121,9 @@ TABLES: tuple[TableSpec, ...] = (
     TableSpec(SILVER_ITEMS, S.SILVER_ITEMS_SCHEMA, (S.ITEM_ID,), "ingest"),
     TableSpec(SILVER_INTERACTIONS, S.INTERACTIONS_SCHEMA, (S.USER_ID, S.ITEM_ID), "ingest"),
     TableSpec(SILVER_INGEST_RUNS, S.INGEST_RUNS_SCHEMA, (S.RUN_ID, "input"), "ingest"),
+    TableSpec(
+        SILVER_EVENT_HOURS, S.EVENT_HOURS_SCHEMA, (S.USER_ID, S.HOUR, S.SOURCE_FILE), "ingest"
+    ),
     TableSpec(GOLD_ITEM_EMBEDDINGS, S.ITEM_EMBEDDINGS_SCHEMA, (S.ITEM_ID,), "embed"),
     TableSpec(GOLD_USER_EMBEDDINGS, S.USER_EMBEDDINGS_SCHEMA, (S.USER_ID,), "embed"),
     TableSpec(GOLD_ITEM_VECTORS, S.ITEM_VECTORS_SCHEMA, (S.ITEM_ID,), "train"),
@@ -480,6 +484,23 @@ def merge_upsert(
         m.execute()
 
     _retrying(table, attempt)
+
+
+def delete_matching(
+    spark: SparkSession, df: DataFrame, warehouse: Locations | str, name: str, keys: Sequence[str]
+) -> int:
+    """Delete the table's rows whose ``keys`` are in ``df`` (a MERGE: one commit, none when
+    the table does not exist); return how many. Deleting again deletes nothing."""
+    table = ref(warehouse, name)
+    if not exists(spark, table):
+        return 0
+    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+
+    def attempt() -> int:
+        merge = delta_table(spark, table).alias("t").merge(df.alias("s"), cond)
+        return _merge_metric(merge.whenMatchedDelete().execute(), "num_deleted_rows")
+
+    return _retrying(table, attempt)
 
 
 def _create(

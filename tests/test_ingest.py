@@ -429,6 +429,7 @@ def _cfg(tmp: Path, warehouse: str, events: str, **extra: str) -> object:
         "generate.bot_users": "1",
         "generate.bot_events_per_user": "2000",
         "ingest.bot.min_busy_hours": "1",
+        "ingest.mode": "full",  # each run re-reads its input (incremental: tests/test_incremental)
         "run_id": "test-run",
         **extra,
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 def _default_weights() -> dict[str, float]:
@@ -24,6 +25,12 @@ class BotConfig:
 class IngestConfig:
     """Validation, dedup, sessionization and interaction weights."""
 
+    # incremental: read only the event files no earlier run processed (Structured Streaming's
+    # file source, its checkpoint under the file location); full: every file, as a backfill.
+    mode: Literal["incremental", "full"] = "incremental"
+    # The incremental stream's source: files (Spark's file source) or autoloader (Databricks
+    # Auto Loader, cloudFiles: only on Databricks).
+    stream_source: Literal["files", "autoloader"] = "files"
     event_weights: dict[str, float] = field(default_factory=_default_weights)
     # Accepted event-time window: from min_ts to (run time + max_ts_lead_days).
     min_ts: str = "2000-01-01T00:00:00Z"

@@ -2,9 +2,11 @@
 
 Reads input, calls the pure transforms of :mod:`recspark.ingest.transforms`, writes
 ``silver/items``, ``silver/events`` (MERGE on the event key), ``silver/quarantine`` (MERGE on the
-record key), ``silver/interactions`` (rebuilt from all of ``silver/events``) and a run summary.
-The events are classified in one pass whose result is kept in memory: the counts, the tables and
-the quarantine all read it.
+record key), ``silver/event_hours`` (the bot rule's hour counts), ``silver/interactions`` and a
+run summary. ``ingest.mode: incremental`` (the default) reads only the event files no earlier
+run read (:mod:`recspark.ingest.stream`); ``full`` reads every file and rebuilds
+``silver/interactions`` from all of ``silver/events`` (a backfill). The events are classified in
+one pass whose result is kept in memory: the counts, the tables and the quarantine all read it.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from recspark import schema as S
 from recspark import tables as T
 from recspark.config import Config
 from recspark.errors import ConfigError, InputError, ReconciliationError
+from recspark.ingest import incremental as N
 from recspark.ingest import transforms as X
-from recspark.io import input_errors, read_raw
+from recspark.io import input_errors, list_files, read_raw
 from recspark.log import get_logger
 
 
@@ -67,7 +70,7 @@ EVENT_STATS = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.EVENT_TS)
 
 # Up to this many records rejected after classification's shuffle (bots, unknown items) have
 # their text looked up with a broadcast; more, with a shuffle of the input.
-_BROADCAST_TEXT_LOOKUPS = 500_000
+BROADCAST_TEXT_LOOKUPS = 500_000
 
 
 def _ingest_items(
@@ -82,7 +85,14 @@ def _ingest_items(
     counts = summarize(classified)
     reconcile("items", read, counts)
     accepted = X.to_silver_items(classified.where(F.col(X.STATUS) == "accepted"))
-    T.merge_upsert(spark, accepted, cfg.warehouse, T.SILVER_ITEMS, keys=[S.ITEM_ID])
+    if T.exists(spark, T.ref(cfg.warehouse, T.SILVER_ITEMS)):
+        # Only new or changed items: an unchanged catalog commits nothing.
+        stored = T.read(spark, cfg.warehouse, T.SILVER_ITEMS).select(*accepted.columns)
+        accepted = accepted.subtract(stored)
+        if not accepted.isEmpty():
+            T.merge_upsert(spark, accepted, cfg.warehouse, T.SILVER_ITEMS, keys=[S.ITEM_ID])
+    else:
+        T.merge_upsert(spark, accepted, cfg.warehouse, T.SILVER_ITEMS, keys=[S.ITEM_ID])
     rejected = X.to_quarantine(
         classified.where(F.col(X.STATUS) == "quarantined"), run_id=run_id, input_name="items"
     )
@@ -126,6 +136,14 @@ def _ingest_events(
     keep.append(classified)
     counts = summarize(classified)
     reconcile("events", read, counts)
+    # The bot rule's hour counts, which an incremental run after this one adds to.
+    T.merge_upsert(
+        spark,
+        N.hour_counts(classified),
+        cfg.warehouse,
+        T.SILVER_EVENT_HOURS,
+        keys=[S.USER_ID, S.HOUR, S.SOURCE_FILE],
+    )
     events = X.to_silver_events(classified.where(F.col(X.STATUS) == "accepted"), run_id=run_id)
     # One write task per core (the frame is in memory: no recomputation), each sorting its rows
     # by date and writing one file per date. (Keeping a file open per date instead of sorting,
@@ -148,7 +166,7 @@ def _ingest_events(
         # apart from the whole classification, which each read would scan again.
         quarantined = quarantined.persist(StorageLevel.MEMORY_AND_DISK)
         keep.append(quarantined)
-        quarantined = X.restore_text(quarantined, raw, broadcast=late <= _BROADCAST_TEXT_LOOKUPS)
+        quarantined = X.restore_text(quarantined, raw, broadcast=late <= BROADCAST_TEXT_LOOKUPS)
     rejected = X.to_quarantine(quarantined, run_id=run_id, input_name="events")
     summary = {
         "input": "events",
@@ -182,6 +200,18 @@ def _quarantine(
         )
 
 
+def _why_full(spark: SparkSession, cfg: Config) -> str | None:
+    """Why the events are read in full (None: incremental): ``ingest.mode: full``, or input
+    the stream cannot read (Parquet)."""
+    if cfg.ingest.mode == "full":
+        return "ingest.mode is full"
+    if cfg.ingest.stream_source == "autoloader":
+        return None  # Auto Loader lists the input itself
+    from recspark.ingest.stream import streamable
+
+    return streamable(list_files(spark, cfg.input.events), cfg.input.format)
+
+
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Ingest the configured catalog and events into the warehouse; return the run summary."""
     cfg = cfg.with_run_id()
@@ -203,20 +233,42 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 f"silver/items is empty, so every event would be quarantined as unknown_item; "
                 f"fix the catalog or set ingest.quarantine_unknown_items=false"
             )
-        with input_errors(cfg.input.events):
-            event_summary, event_rejects, batch = _ingest_events(
-                spark, cfg, run_id, items, run_time, keep
-            )
-        _quarantine(spark, cfg, [(item_summary, item_rejects), (event_summary, event_rejects)])
+        why_full = _why_full(spark, cfg)
+        if why_full is None:
+            _quarantine(spark, cfg, [(item_summary, item_rejects)])
+            from recspark.ingest import stream  # imports this module's helpers
 
-        # From this batch (in memory) when it is all of silver/events, else from the table.
-        all_events = batch if batch is not None else T.read(spark, cfg.warehouse, T.SILVER_EVENTS)
-        interactions = X.build_interactions(
-            all_events,
-            event_weights=cfg.ingest.event_weights,
-            decay_half_life_days=cfg.ingest.decay_half_life_days,
-        )
-        T.overwrite(interactions, cfg.warehouse, T.SILVER_INTERACTIONS)
+            ic = cfg.ingest
+            window = X.event_window(
+                run_time,
+                min_ts=_parse_utc(ic.min_ts, "ingest.min_ts"),
+                lead_days=ic.max_ts_lead_days,
+            )
+            with input_errors(cfg.input.events):
+                event_summary = stream.run_events(
+                    spark, cfg, run_id=run_id, items=items, window=window, keep=keep
+                )
+        else:
+            with input_errors(cfg.input.events):
+                event_summary, event_rejects, batch = _ingest_events(
+                    spark, cfg, run_id, items, run_time, keep
+                )
+            event_summary["mode"] = "full"
+            if cfg.ingest.mode == "incremental":
+                event_summary["full_because"] = why_full
+                get_logger("ingest").info("ingest events: read in full: %s", why_full)
+            _quarantine(spark, cfg, [(item_summary, item_rejects), (event_summary, event_rejects)])
+
+            # From this batch (in memory) when it is all of silver/events, else from the table.
+            all_events = (
+                batch if batch is not None else T.read(spark, cfg.warehouse, T.SILVER_EVENTS)
+            )
+            interactions = X.build_interactions(
+                all_events,
+                event_weights=cfg.ingest.event_weights,
+                decay_half_life_days=cfg.ingest.decay_half_life_days,
+            )
+            T.overwrite(interactions, cfg.warehouse, T.SILVER_INTERACTIONS)
     finally:
         for df in keep:
             df.unpersist()

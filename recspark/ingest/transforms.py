@@ -7,6 +7,7 @@ Every input record is classified exactly once: quarantined (``reason`` set), a d
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pyspark.sql import Column, DataFrame, Window, WindowSpec
@@ -290,6 +291,18 @@ def mark_duplicates(validated: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
     return marked.withColumn(S.EVENT_KEY, F.when(valid, event_key()))
 
 
+def _mark_stored(marked: DataFrame, keys: DataFrame) -> DataFrame:
+    """Mark as duplicates the valid events whose key is among ``keys`` (``event_key`` of the
+    events stored by earlier batches, each once): the stored event came first."""
+    valid = F.col(S.REASON).isNull()
+    stored = keys.select(F.col(S.EVENT_KEY).alias(_SEEN_KEY), F.lit(True).alias(_SEEN))
+    joined = marked.withColumn(_SEEN_KEY, F.when(valid, event_key())).join(
+        stored, _SEEN_KEY, "left"
+    )
+    seen = valid & F.coalesce(F.col(_SEEN), F.lit(False))
+    return joined.withColumn(IS_DUPLICATE, F.col(IS_DUPLICATE) | seen).drop(_SEEN_KEY, _SEEN)
+
+
 def _accepted_so_far() -> Column:
     return F.col(S.REASON).isNull() & ~F.col(IS_DUPLICATE)
 
@@ -302,7 +315,51 @@ _HOUR_FIRST = "_first"  # 1 on the first row of the hour
 _BUSY_HOURS = "_busy_hours"
 _PEAK = "_peak"
 _PREVIOUS = "_previous"  # the time of the previous event of the user's sessions
-_HELPERS = (HOUR, KNOWN, _HOUR_SIZE, _HOUR_FIRST, _BUSY_HOURS, _PEAK, _PREVIOUS)
+# The stored context of an incremental batch (see :class:`Context`).
+CTX_LAST = "_ctx_last"  # the time of the user's last stored event
+CTX_START = "_ctx_start"  # the start of the session that event belongs to
+CTX_BUSY = "_ctx_busy"  # the user's stored busy hours
+CTX_PEAK = "_ctx_peak"  # the user's largest stored hour
+CTX_EVENTS = "_ctx_events"  # the user's stored events in one clock hour
+_SEEN_KEY = "_seen_key"  # the key of a valid event, to look up among the stored ones
+_SEEN = "_seen"  # true when an event with that key is stored already
+_HELPERS = (
+    HOUR,
+    KNOWN,
+    _HOUR_SIZE,
+    _HOUR_FIRST,
+    _BUSY_HOURS,
+    _PEAK,
+    _PREVIOUS,
+    CTX_LAST,
+    CTX_START,
+    CTX_BUSY,
+    CTX_PEAK,
+    CTX_EVENTS,
+    _SEEN_KEY,
+    _SEEN,
+)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What an incremental batch needs to know of the events stored by earlier batches, so
+    that it classifies its records as one ingest of everything would (see
+    :mod:`recspark.ingest.incremental`, which builds it).
+
+    Attributes:
+        keys: ``event_key`` of the stored events (a batch's event with one of them is a
+            duplicate).
+        users: per user, ``_ctx_last`` and ``_ctx_start`` (the last stored event's time and its
+            session's start: null when none), ``_ctx_busy`` and ``_ctx_peak`` (the stored busy
+            hours and the largest stored hour, by the bot rule's count: null when none).
+        hours: per user and clock hour (``_hour``), ``_ctx_events``: the stored events the bot
+            rule counts.
+    """
+
+    keys: DataFrame
+    users: DataFrame
+    hours: DataFrame
 
 
 def _whole(window: WindowSpec) -> WindowSpec:
@@ -322,15 +379,29 @@ def _count_hours(df: DataFrame, *, order: Sequence[str]) -> DataFrame:
     )
 
 
-def _bot_statistics(*, events_per_hour: int, by_user: WindowSpec) -> list[Column]:
+def _bot_statistics(
+    *, events_per_hour: int, by_user: WindowSpec, stored: bool = False
+) -> list[Column]:
     """Per user, over :func:`_count_hours`' output: how many hours hold ``events_per_hour``
-    events or more (each counted on its first row), and the largest hour."""
+    events or more (each counted on its first row), and the largest hour.
+
+    With ``stored``, ``_hour_size`` already includes the stored events of the hour
+    (``_ctx_events``) and the user's stored hours count too: the stored busy hours
+    (``_ctx_busy``), less those that this batch's hours recount, and the stored peak."""
     accepted = _accepted_so_far()
-    busy = accepted & (F.col(_HOUR_FIRST) == 1) & (F.col(_HOUR_SIZE) >= events_per_hour)
-    return [
-        F.count(F.when(busy, F.lit(1))).over(_whole(by_user)).alias(_BUSY_HOURS),
-        F.max(F.when(accepted, F.col(_HOUR_SIZE))).over(_whole(by_user)).alias(_PEAK),
-    ]
+    first = accepted & (F.col(_HOUR_FIRST) == 1)
+    busy = first & (F.col(_HOUR_SIZE) >= events_per_hour)
+    n_busy: Column = F.count(F.when(busy, F.lit(1))).over(_whole(by_user))
+    peak: Column = F.max(F.when(accepted, F.col(_HOUR_SIZE))).over(_whole(by_user))
+    if stored:
+        recounted = first & (F.coalesce(F.col(CTX_EVENTS), F.lit(0)) >= events_per_hour)
+        n_busy = (
+            n_busy
+            - F.count(F.when(recounted, F.lit(1))).over(_whole(by_user))
+            + F.coalesce(F.col(CTX_BUSY), F.lit(0))
+        )
+        peak = F.greatest(peak, F.col(CTX_PEAK))
+    return [n_busy.alias(_BUSY_HOURS), peak.alias(_PEAK)]
 
 
 def _is_bot(min_busy_hours: int) -> Column:
@@ -415,7 +486,12 @@ def _previous_time(member: Column, by_user: WindowSpec) -> Column:
 
 
 def _fill_sessions(
-    df: DataFrame, *, gap_minutes: float, member: Column, by_user: WindowSpec
+    df: DataFrame,
+    *,
+    gap_minutes: float,
+    member: Column,
+    by_user: WindowSpec,
+    chain_start: Column | None = None,
 ) -> DataFrame:
     """:func:`sessionize` over the rows where ``member`` holds, given ``_previous`` (the time
     of the previous member, see :func:`_previous_time`); the other rows are passed through
@@ -423,7 +499,8 @@ def _fill_sessions(
 
     ``by_user`` must sort each user's members by time, ties broken deterministically; a
     prefix that is a non-decreasing function of the time (the clock hour) lets the window reuse
-    an earlier sort.
+    an earlier sort. ``chain_start``: the start of the session that members continue before
+    their first start (a stored session, see :class:`Context`).
     """
     ts, prev = F.col(S.EVENT_TS), F.col(_PREVIOUS)
     gap = F.unix_micros(ts) - F.unix_micros(prev)
@@ -431,6 +508,8 @@ def _fill_sessions(
     marked = df.withColumn("_start", F.when(starts, ts))
     running = by_user.rowsBetween(Window.unboundedPreceding, Window.currentRow)
     session_start = F.last("_start", ignorenulls=True).over(running)
+    if chain_start is not None:
+        session_start = F.coalesce(session_start, chain_start)
     generated = F.concat_ws(":", F.col(S.USER_ID), F.unix_seconds(session_start).cast("string"))
     filled = F.when(member, F.coalesce(F.col(S.SESSION_ID), generated)).otherwise(
         F.col(S.SESSION_ID)
@@ -535,6 +614,7 @@ def classify_events(
     bot_events_per_hour: int | None = 600,
     bot_min_busy_hours: int = 3,
     session_gap_minutes: float | None = None,
+    context: Context | None = None,
 ) -> DataFrame:
     """Parse, validate, deduplicate, flag bots and join the catalog: every record, classified.
 
@@ -544,6 +624,9 @@ def classify_events(
         bot_events_per_hour: None switches the bot filter off.
         session_gap_minutes: when given, accepted events also get their ``session_id``
             filled as :func:`sessionize` does (in the same sort as the bot filter).
+        context: the stored events of earlier batches (incremental ingest): an event whose key
+            is stored is a duplicate, the bot rule adds the stored hours, and a user's first
+            session continues the stored one when within the gap.
 
     Returns:
         One row per input record with the normalised event fields, ``category``, ``reason``,
@@ -565,11 +648,19 @@ def classify_events(
     # One shuffle by user serves dedup, bots and sessions: their windows all partition by
     # the user (and more), which a hash partitioning on the user already satisfies.
     marked = _mark_duplicates(looked_up.repartition(S.USER_ID), tie_col=RAW_HASH)
+    if context is not None:
+        marked = _mark_stored(marked, context.keys)
     # A time order without ties among accepted events (their dedup fields differ).
     order: tuple[str, ...] = (S.EVENT_TS, S.EVENT_ID, S.ITEM_ID, S.EVENT_TYPE)
     if bot_events_per_hour is not None:
         marked = _count_hours(marked, order=order)
+        if context is not None:
+            marked = marked.join(context.hours, [S.USER_ID, HOUR], "left").withColumn(
+                _HOUR_SIZE, F.col(_HOUR_SIZE) + F.coalesce(F.col(CTX_EVENTS), F.lit(0))
+            )
         order = (HOUR, *order)  # accepted events all have an hour: the same sort serves all
+    if context is not None:
+        marked = marked.join(context.users, S.USER_ID, "left")
     by_user = Window.partitionBy(S.USER_ID).orderBy(*order)
     # One more window pass over each user's events, in that sort: the bot statistics and each
     # event's previous session member. A bot's events are never accepted, so a user's session
@@ -578,12 +669,17 @@ def classify_events(
     is_bot: Column = F.lit(False)
     bot_detail: Column = F.lit(None)
     if bot_events_per_hour is not None:
-        per_user += _bot_statistics(events_per_hour=bot_events_per_hour, by_user=by_user)
+        per_user += _bot_statistics(
+            events_per_hour=bot_events_per_hour, by_user=by_user, stored=context is not None
+        )
         is_bot, bot_detail = _is_bot(bot_min_busy_hours), _bot_detail()
     if session_gap_minutes is not None:
         known = F.col(KNOWN).isNotNull() | F.lit(not quarantine_unknown_items)
         member = _accepted_so_far() & known
-        per_user.append(_previous_time(member, by_user).alias(_PREVIOUS))
+        previous = _previous_time(member, by_user)
+        if context is not None:
+            previous = F.coalesce(previous, F.col(CTX_LAST))
+        per_user.append(previous.alias(_PREVIOUS))
     if per_user:
         marked = marked.select("*", *per_user)
     unknown = _accepted_so_far() & ~is_bot & F.col(KNOWN).isNull() & F.lit(quarantine_unknown_items)
@@ -601,7 +697,13 @@ def classify_events(
     out = with_status(flagged)
     accepted = F.col(STATUS) == "accepted"
     if session_gap_minutes is not None:
-        out = _fill_sessions(out, gap_minutes=session_gap_minutes, member=accepted, by_user=by_user)
+        out = _fill_sessions(
+            out,
+            gap_minutes=session_gap_minutes,
+            member=accepted,
+            by_user=by_user,
+            chain_start=F.col(CTX_START) if context is not None else None,
+        )
     helpers = [c for c in out.columns if c in _HELPERS]
     return out.drop(*helpers).withColumn(S.EVENT_KEY, F.when(accepted, event_key()))
 

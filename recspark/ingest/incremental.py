@@ -1,0 +1,198 @@
+"""Pure transforms of the incremental ingest: what one batch needs of the stored tables, and
+what it changes in them beyond its own records.
+
+A batch (the event files a run has not seen) is classified by
+:func:`recspark.ingest.transforms.classify_events` with a :class:`~recspark.ingest.transforms.
+Context` built here from ``silver/events`` and ``silver/event_hours``, restricted to the batch's
+users; so a duplicate of a stored event is a duplicate, a session continues across the
+boundary and the bot rule counts the stored hours. A user who becomes a bot in this batch has
+their stored events moved to the quarantine (:func:`moved_to_quarantine`), as one ingest of
+everything would have quarantined them. Nothing here reads, writes, counts or collects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recspark import schema as S
+from recspark.ingest import transforms as X
+
+
+def batch_users(raw: DataFrame) -> DataFrame:
+    """The distinct ``user_id`` of a batch's records, normalised as classification does.
+
+    Args:
+        raw: the batch's records (``raw``, ``source_file``).
+    """
+    parsed = X.parse_json_records(raw, S.RAW_EVENT_SCHEMA)
+    user = X.clean(S.USER_ID)
+    return parsed.select(user.alias(S.USER_ID)).where(F.col(S.USER_ID).isNotNull()).distinct()
+
+
+def session_context(events: DataFrame, *, gap_minutes: float) -> DataFrame:
+    """Per user of ``events``: the last event's time (``_ctx_last``) and the start of its
+    session (``_ctx_start``), found as :func:`recspark.ingest.transforms.sessionize` cuts
+    sessions (a gap of more than ``gap_minutes``).
+
+    Args:
+        events: stored events (``user_id``, ``event_ts``, ``event_key``).
+    """
+    by_user = Window.partitionBy(S.USER_ID).orderBy(S.EVENT_TS, S.EVENT_KEY)
+    ts = F.col(S.EVENT_TS)
+    prev = F.lag(ts).over(by_user)
+    gap = F.unix_micros(ts) - F.unix_micros(prev)
+    start = F.when(prev.isNull() | (gap > F.lit(int(gap_minutes * 60 * 1_000_000))), ts)
+    return (
+        events.select(S.USER_ID, ts, start.alias("_start"))
+        .groupBy(S.USER_ID)
+        .agg(F.max(ts).alias(X.CTX_LAST), F.max("_start").alias(X.CTX_START))
+    )
+
+
+def hour_context(hours: DataFrame, *, events_per_hour: int) -> tuple[DataFrame, DataFrame]:
+    """The stored hours per (user, hour) and per user (busy hours, largest hour).
+
+    Args:
+        hours: rows of ``silver/event_hours`` (``user_id``, ``hour``, ``events``).
+
+    Returns:
+        ``(user_id, _hour, _ctx_events)`` and ``(user_id, _ctx_busy, _ctx_peak)``.
+    """
+    per_hour = hours.groupBy(S.USER_ID, F.col(S.HOUR).alias(X.HOUR)).agg(
+        F.sum(S.EVENTS).alias(X.CTX_EVENTS)
+    )
+    busy = F.col(X.CTX_EVENTS) >= events_per_hour
+    per_user = per_hour.groupBy(S.USER_ID).agg(
+        F.count(F.when(busy, F.lit(1))).alias(X.CTX_BUSY),
+        F.max(X.CTX_EVENTS).alias(X.CTX_PEAK),
+    )
+    return per_hour, per_user
+
+
+def context(
+    events: DataFrame,
+    hours: DataFrame,
+    users: DataFrame,
+    *,
+    gap_minutes: float,
+    events_per_hour: int,
+) -> X.Context:
+    """The :class:`~recspark.ingest.transforms.Context` of a batch whose users are ``users``.
+
+    Args:
+        events: the stored events of earlier batches (``silver/events`` without the rows of
+            the batch's own files, so that a rerun of a batch sees what its first run saw).
+        hours: the stored hours of earlier batches (``silver/event_hours``, likewise).
+        users: the batch's users (:func:`batch_users`).
+    """
+    mine = events.join(users, S.USER_ID, "left_semi")
+    sessions = session_context(mine, gap_minutes=gap_minutes)
+    per_hour, per_user = hour_context(
+        hours.join(users, S.USER_ID, "left_semi"), events_per_hour=events_per_hour
+    )
+    return X.Context(
+        keys=mine.select(S.EVENT_KEY),
+        users=sessions.join(per_user, S.USER_ID, "full"),
+        hours=per_hour,
+    )
+
+
+def hour_counts(classified: DataFrame) -> DataFrame:
+    """Rows of ``silver/event_hours`` for classified records: per user, clock hour and source
+    file, the events the bot rule counts (valid and not duplicates: accepted, or quarantined
+    after the count as a ``bot`` or an ``unknown_item``).
+
+    Args:
+        classified: output of :func:`recspark.ingest.transforms.classify_events`.
+    """
+    counted = (F.col(X.STATUS) == "accepted") | F.col(S.REASON).isin(X.BOT, X.UNKNOWN_ITEM)
+    return (
+        classified.where(counted)
+        .groupBy(
+            S.USER_ID,
+            F.date_trunc("hour", F.col(S.EVENT_TS)).alias(S.HOUR),
+            S.SOURCE_FILE,
+        )
+        .agg(F.count(F.lit(1)).alias(S.EVENTS))
+    )
+
+
+def new_bots(classified: DataFrame) -> DataFrame:
+    """The users quarantined as bots in this batch, with the bot rule's detail (one row each).
+
+    Args:
+        classified: output of :func:`recspark.ingest.transforms.classify_events`.
+    """
+    return (
+        classified.where(F.col(S.REASON) == X.BOT)
+        .groupBy(S.USER_ID)
+        .agg(F.max(S.DETAIL).alias(S.DETAIL))
+    )
+
+
+def stored_events_of(events: DataFrame, bots: DataFrame) -> DataFrame:
+    """The stored events of the users in ``bots``, with ``reason = 'bot'`` and their detail.
+
+    Args:
+        events: ``silver/events``.
+        bots: output of :func:`new_bots`.
+    """
+    return events.join(bots, S.USER_ID, "inner").withColumn(S.REASON, F.lit(X.BOT))
+
+
+def moved_to_quarantine(
+    moved: DataFrame, records: DataFrame, *, min_ts: datetime, max_ts: datetime
+) -> DataFrame:
+    """Find the input record of each stored event in ``moved`` again, for the quarantine.
+
+    The records of the events' source files are parsed and keyed as classification does;
+    among the records of one event (its duplicates), the one classification accepted is taken
+    (the earliest, ties broken by the text's hash).
+
+    Args:
+        moved: output of :func:`stored_events_of` (``event_key``, ``source_file``, ``reason``,
+            ``detail``).
+        records: the records of those source files (``raw``, ``source_file``).
+
+    Returns:
+        ``raw``, ``source_file``, ``reason``, ``detail``: input of
+        :func:`recspark.ingest.transforms.to_quarantine`.
+    """
+    parsed = X.parse_json_records(records, S.RAW_EVENT_SCHEMA)
+    valid = X.validate_events(parsed, min_ts=min_ts, max_ts=max_ts).where(F.col(S.REASON).isNull())
+    keyed = valid.select(S.RAW, S.SOURCE_FILE, S.EVENT_TS, X.event_key().alias(S.EVENT_KEY)).join(
+        moved.select(S.EVENT_KEY, S.SOURCE_FILE, S.REASON, S.DETAIL),
+        [
+            S.EVENT_KEY,
+            S.SOURCE_FILE,
+        ],
+    )
+    first = Window.partitionBy(S.EVENT_KEY).orderBy(
+        F.col(S.EVENT_TS).asc(), F.xxhash64(S.RAW).asc(), F.col(S.RAW).asc()
+    )
+    return (
+        keyed.withColumn("_n", F.row_number().over(first))
+        .where(F.col("_n") == 1)
+        .select(S.RAW, S.SOURCE_FILE, S.REASON, S.DETAIL)
+    )
+
+
+def interactions_of(
+    events: DataFrame,
+    users: DataFrame,
+    *,
+    event_weights: Mapping[str, float],
+) -> DataFrame:
+    """The ``silver/interactions`` rows of ``users``, rebuilt from their stored events (no time
+    decay): what a batch MERGEs in place of those users' rows.
+
+    Args:
+        events: ``silver/events`` after the batch's writes.
+        users: the users whose events the batch added (``user_id``).
+    """
+    mine = events.join(users, S.USER_ID, "left_semi")
+    return X.build_interactions(mine, event_weights=event_weights, decay_half_life_days=None)

@@ -1,0 +1,327 @@
+"""The incremental ingest of events (``ingest.mode: incremental``): only the files no earlier
+run processed.
+
+Spark Structured Streaming's file source (or Databricks Auto Loader, ``ingest.stream_source:
+autoloader``) lists ``input.events``; its checkpoint (``Locations.stream_checkpoint("events")``,
+under the file location) records which files each batch read. A run is one
+``trigger(availableNow=True)`` query: every file not seen yet, then stop; with nothing new, no
+batch runs and no table is written. Each batch (``foreachBatch``) classifies its records with
+the same transforms as the full ingest plus the stored context of earlier batches
+(:mod:`recspark.ingest.incremental`), and writes with MERGEs that a rerun of the same batch
+repeats without effect: a run killed mid-batch leaves the batch uncommitted in the checkpoint,
+and the next run does it again, ending with the tables an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recspark import schema as S
+from recspark import tables as T
+from recspark.config import Config
+from recspark.errors import InputError
+from recspark.ingest import incremental as N
+from recspark.ingest import transforms as X
+from recspark.ingest.job import BROADCAST_TEXT_LOOKUPS, EVENT_STATS, reconcile, summarize
+from recspark.io import (
+    detect_format,
+    jsonl_records,
+    list_files,
+    modification_times,
+    read_stream_raw,
+    read_text_lines,
+)
+from recspark.log import get_logger
+
+# The counts a run adds up over its batches.
+_COUNTS = (
+    "read",
+    "accepted",
+    "quarantined",
+    "duplicates",
+    "inserted",
+    "already_present",
+    "quarantine_inserted",
+    "requarantined",
+)
+
+# Set by tests (tests/test_incremental.py) to fail a batch at a named step: how a killed run
+# is simulated cheaply. Never set in the product.
+FAIL_AT: set[str] = set()
+
+
+def _step(name: str) -> None:
+    if name in FAIL_AT:
+        raise RuntimeError(f"injected failure at {name}")
+
+
+def rewritten_files(spark: SparkSession, checkpoint: str, files: list[str]) -> list[str]:
+    """Input files that changed after a batch read them: listed with a modification time later
+    than the one the stream's source log recorded. The file source does not read them again
+    (it knows files by path): the run reports them instead."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for line in read_text_lines(spark, f"{checkpoint.rstrip('/')}/sources/0"):
+        if line.startswith("{"):
+            entry = json.loads(line)
+            seen[_same_file(str(entry["path"]))] = int(entry["timestamp"])
+    if not seen:
+        return []
+    now = modification_times(spark, [f for f in files if _same_file(f) in seen])
+    return sorted(f for f, t in now.items() if t > seen[_same_file(f)])
+
+
+def _same_file(path: str) -> tuple[str, str, str]:
+    """A path as (scheme, authority, decoded path): the source log writes ``file:///a%20b``
+    where a listing says ``file:/a b``."""
+    parts = urlsplit(path)
+    return parts.scheme, parts.netloc, unquote(parts.path)
+
+
+def _stored(spark: SparkSession, cfg: Config, name: str, files: list[str]) -> DataFrame | None:
+    """A stored table without the rows of ``files`` (the batch's own: a rerun of the batch sees
+    what its first run saw), or None when it does not exist."""
+    if not T.exists(spark, T.ref(cfg.warehouse, name)):
+        return None
+    return T.read(spark, cfg.warehouse, name).where(~F.col(S.SOURCE_FILE).isin(files))
+
+
+def _context(
+    spark: SparkSession, cfg: Config, raw: DataFrame, files: list[str]
+) -> X.Context | None:
+    events = _stored(spark, cfg, T.SILVER_EVENTS, files)
+    if events is None:
+        return None
+    hours = _stored(spark, cfg, T.SILVER_EVENT_HOURS, files)
+    if hours is None:  # a warehouse of an older version: no stored hours
+        hours = spark.createDataFrame([], S.EVENT_HOURS_SCHEMA)
+    return N.context(
+        events,
+        hours,
+        N.batch_users(raw),
+        gap_minutes=cfg.ingest.session_gap_minutes,
+        events_per_hour=cfg.ingest.bot.events_per_hour,
+    )
+
+
+def ingest_batch(
+    spark: SparkSession,
+    cfg: Config,
+    raw: DataFrame,
+    *,
+    run_id: str,
+    items: DataFrame,
+    window: tuple[datetime, datetime],
+    keep: list[DataFrame],
+) -> dict[str, Any]:
+    """Classify one batch's records against the stored context and write every table; return
+    the batch's counts. Repeating it (a rerun after a kill) changes no table further."""
+    ic = cfg.ingest
+    raw = raw.persist(StorageLevel.MEMORY_AND_DISK)
+    keep.append(raw)
+    read = raw.count()
+    if read == 0:
+        return dict.fromkeys(_COUNTS, 0) | {"quarantined_by_reason": {}, "files": 0}
+    files = sorted(r[0] for r in raw.select(S.SOURCE_FILE).distinct().collect())
+    classified = X.classify_events(
+        raw,
+        items,
+        min_ts=window[0],
+        max_ts=window[1],
+        event_types=tuple(S.EVENT_TYPES),
+        quarantine_unknown_items=ic.quarantine_unknown_items,
+        broadcast_catalog=ic.broadcast_catalog,
+        bot_events_per_hour=ic.bot.events_per_hour if ic.bot.enabled else None,
+        bot_min_busy_hours=ic.bot.min_busy_hours,
+        session_gap_minutes=ic.session_gap_minutes,
+        context=_context(spark, cfg, raw, files),
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    keep.append(classified)
+    counts = summarize(classified)
+    reconcile("events", read, counts)
+
+    accepted = classified.where(F.col(X.STATUS) == "accepted")
+    events = X.to_silver_events(accepted, run_id=run_id)
+    inserted, _ = T.insert_new(
+        spark,
+        events,
+        cfg.warehouse,
+        T.SILVER_EVENTS,
+        keys=[S.EVENT_KEY],
+        partition_by=[S.EVENT_DATE],
+        rows=counts["accepted"],
+        stats_columns=EVENT_STATS,
+    )
+    _step("events")
+
+    quarantined = classified.where(F.col(X.STATUS) == "quarantined")
+    late = sum(counts["quarantined_by_reason"].get(r, 0) for r in (X.BOT, X.UNKNOWN_ITEM))
+    if late:
+        quarantined = quarantined.persist(StorageLevel.MEMORY_AND_DISK)
+        keep.append(quarantined)
+        quarantined = X.restore_text(quarantined, raw, broadcast=late <= BROADCAST_TEXT_LOOKUPS)
+    rejected = X.to_quarantine(quarantined, run_id=run_id, input_name="events")
+    quarantine_inserted = T.merge_new(
+        spark, rejected, cfg.warehouse, T.SILVER_QUARANTINE, keys=[S.RECORD_KEY]
+    )
+    _step("quarantine")
+
+    # Users who became bots in this batch: their stored events go to the quarantine too (first
+    # inserted there, then deleted from silver/events: a rerun finds what is left to move).
+    requarantined = 0
+    bots = N.new_bots(classified) if counts["quarantined_by_reason"].get(X.BOT) else None
+    if bots is not None:
+        moved = N.stored_events_of(T.read(spark, cfg.warehouse, T.SILVER_EVENTS), bots)
+        moved = moved.persist(StorageLevel.MEMORY_AND_DISK)
+        keep.append(moved)
+        sources = sorted(r[0] for r in moved.select(S.SOURCE_FILE).distinct().collect())
+        if sources:
+            found = N.moved_to_quarantine(
+                moved,
+                _records(spark, sources),
+                min_ts=window[0],
+                max_ts=window[1],
+            )
+            T.merge_new(
+                spark,
+                X.to_quarantine(found, run_id=run_id, input_name="events"),
+                cfg.warehouse,
+                T.SILVER_QUARANTINE,
+                keys=[S.RECORD_KEY],
+            )
+            requarantined = T.delete_matching(
+                spark, moved.select(S.EVENT_KEY), cfg.warehouse, T.SILVER_EVENTS, [S.EVENT_KEY]
+            )
+    _step("requarantine")
+
+    T.merge_upsert(
+        spark,
+        N.hour_counts(classified),
+        cfg.warehouse,
+        T.SILVER_EVENT_HOURS,
+        keys=[S.USER_ID, S.HOUR, S.SOURCE_FILE],
+    )
+    _step("hours")
+
+    _update_interactions(spark, cfg, accepted.select(S.USER_ID).distinct(), bots)
+    return {
+        "read": read,
+        **counts,
+        "inserted": inserted,
+        "already_present": counts["accepted"] - inserted,
+        "quarantine_inserted": quarantine_inserted,
+        "requarantined": requarantined,
+        "files": len(files),
+    }
+
+
+def _records(spark: SparkSession, files: list[str]) -> DataFrame:
+    """The records of ``files`` (JSON Lines), read as a batch."""
+    return jsonl_records(spark.read.option("lineSep", "\n").text(files))
+
+
+def _update_interactions(
+    spark: SparkSession, cfg: Config, users: DataFrame, bots: DataFrame | None
+) -> None:
+    """MERGE the rebuilt rows of the batch's users into ``silver/interactions`` and delete the
+    rows of new bots; with time decay on, rebuild the whole table (every weight depends on the
+    newest event)."""
+    ic = cfg.ingest
+    events = T.read(spark, cfg.warehouse, T.SILVER_EVENTS)
+    if ic.decay_half_life_days is not None:
+        all_rows = X.build_interactions(
+            events,
+            event_weights=ic.event_weights,
+            decay_half_life_days=ic.decay_half_life_days,
+        )
+        T.overwrite(all_rows, cfg.warehouse, T.SILVER_INTERACTIONS)
+        return
+    if bots is not None:
+        T.delete_matching(
+            spark, bots.select(S.USER_ID), cfg.warehouse, T.SILVER_INTERACTIONS, [S.USER_ID]
+        )
+    rows = N.interactions_of(events, users, event_weights=ic.event_weights)
+    T.merge_upsert(spark, rows, cfg.warehouse, T.SILVER_INTERACTIONS, keys=[S.USER_ID, S.ITEM_ID])
+
+
+def run_events(
+    spark: SparkSession,
+    cfg: Config,
+    *,
+    run_id: str,
+    items: DataFrame,
+    window: tuple[datetime, datetime],
+    keep: list[DataFrame],
+) -> dict[str, Any]:
+    """Ingest the event files no earlier run processed (one ``availableNow`` query); return the
+    run's summary (the counts added up over its batches, and the rewritten files found)."""
+    log = get_logger("ingest")
+    checkpoint = cfg.locations().stream_checkpoint("events")
+    files = list_files(spark, cfg.input.events)
+    rewritten = rewritten_files(spark, checkpoint, files)
+    for f in rewritten:
+        log.warning(
+            "ingest events: %s changed after a run read it; it is not read again "
+            "(ingest a corrected file under a new name, or run with ingest.mode=full)",
+            f,
+        )
+    total: dict[str, Any] = dict.fromkeys(_COUNTS, 0) | {"quarantined_by_reason": {}, "files": 0}
+    batches = 0
+    failures: list[BaseException] = []
+
+    def each(batch: DataFrame, batch_id: int) -> None:
+        nonlocal batches
+        try:
+            counts = ingest_batch(
+                spark, cfg, batch, run_id=run_id, items=items, window=window, keep=keep
+            )
+        except BaseException as e:  # kept: the query reports it wrapped in its own error
+            failures.append(e)
+            raise
+        batches += 1
+        for k in (*_COUNTS, "files"):
+            total[k] += counts[k]
+        for reason, n in counts["quarantined_by_reason"].items():
+            by = total["quarantined_by_reason"]
+            by[reason] = by.get(reason, 0) + n
+        log.info("ingest events batch %d: %s", batch_id, json.dumps(counts, sort_keys=True))
+
+    query = (
+        read_stream_raw(spark, cfg.input.events, cfg.ingest.stream_source)
+        .writeStream.foreachBatch(each)
+        .option("checkpointLocation", checkpoint)
+        .trigger(availableNow=True)
+        .start()
+    )
+    try:
+        query.awaitTermination()
+    except Exception as e:
+        if failures:
+            raise failures[0] from e
+        raise
+    if failures:
+        raise failures[0]
+    total["quarantined_by_reason"] = dict(sorted(total["quarantined_by_reason"].items()))
+    return {
+        "input": "events",
+        "mode": "incremental",
+        **total,
+        "batches": batches,
+        "rewritten_files": rewritten,
+    }
+
+
+def streamable(files: list[str], fmt: str) -> str | None:
+    """Why the incremental stream cannot read these inputs (None: it can). It reads JSON Lines
+    only; Parquet input is ingested in full."""
+    try:
+        kind = detect_format(files, fmt)  # type: ignore[arg-type]
+    except InputError as e:
+        return str(e)
+    return None if kind == "jsonl" else "Parquet input is read in full (ingest.mode=full)"

@@ -1,0 +1,248 @@
+"""Incremental ingest (``ingest.mode: incremental``): batches arriving one file at a time end
+with the tables of one full ingest of all of them."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chispa import assert_df_equality
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
+
+from recspark import schema as S
+from recspark.config import Config, load_config
+from recspark.errors import ConfigError
+from recspark.ingest import incremental as N
+from recspark.ingest import stream
+from recspark.ingest import transforms as X
+
+WINDOW = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+RAW = StructType([StructField(S.RAW, StringType()), StructField(S.SOURCE_FILE, StringType())])
+
+
+def _line(user: str, item: str, hhmm: str, etype: str = "view", **extra: str) -> str:
+    record = {"user_id": user, "item_id": item, "event_type": etype}
+    record["event_ts"] = f"2024-01-01T{hhmm}:00Z"
+    return json.dumps({**record, **extra})
+
+
+# Three daily files. u1's session 10:00-10:25 and 11:30-11:45 cross both boundaries; u2's
+# event e1 and u1's 10:00 view arrive again a batch later (duplicates); the bot b has busy
+# hours (3 events, events_per_hour = 3) at 08:00 (2 events in batch 1, 1 in batch 2) and
+# 09:00 (batch 2): a bot only after batch 2, whose batch-1 events then move to the quarantine.
+BATCHES: list[list[str]] = [
+    [
+        _line("u1", "i1", "10:00"),
+        _line("u1", "i2", "10:10", "click"),
+        _line("u2", "i1", "11:00", event_id="e1"),
+        _line("b", "i1", "07:10"),
+        _line("b", "i1", "08:10"),
+        _line("b", "i2", "08:20"),
+        _line("u3", "nope", "09:00"),  # unknown item
+        "{",  # malformed
+    ],
+    [
+        _line("u1", "i3", "10:25"),  # 15 min after 10:10: the same session
+        _line("u1", "i1", "10:00"),  # a duplicate of batch 1's
+        _line("u2", "i2", "11:05", event_id="e1"),  # event e1 re-sent: a duplicate
+        _line("u1", "i2", "11:30", "purchase"),  # a new session
+        _line("b", "i3", "08:30"),
+        _line("b", "i1", "09:00"),
+        _line("b", "i2", "09:10"),
+        _line("b", "i3", "09:20"),
+        _line("u4", "i1", "12:00"),
+        _line("u4", "i1", "12:00"),  # the same line twice in one file
+    ],
+    [
+        _line("u1", "i1", "11:45"),  # continues the 11:30 session
+        _line("u4", "i2", "12:20"),
+        _line("u5", "i3", "13:00"),
+        _line("u5", "i3", "yesterday"),  # bad timestamp
+    ],
+]
+ITEMS = [{"item_id": f"i{k}", "title": f"Item {k}", "category": "c"} for k in (1, 2, 3)]
+TABLES = {
+    "silver/events": [S.EVENT_KEY],
+    "silver/quarantine": [S.RECORD_KEY],
+    "silver/interactions": [S.USER_ID, S.ITEM_ID],
+    "silver/event_hours": [S.USER_ID, S.HOUR, S.SOURCE_FILE],
+    "silver/items": [S.ITEM_ID],
+}
+
+
+def _cfg(tmp: Path, warehouse: str, events: Path, mode: str = "incremental") -> Config:
+    sets = {
+        "warehouse": warehouse,
+        "input.events": str(events),
+        "input.items": str(tmp / "items"),
+        "ingest.mode": mode,
+        "ingest.bot.events_per_hour": "3",
+        "ingest.bot.min_busy_hours": "2",
+        "spark.shuffle_partitions": "2",
+        "run_id": f"r-{mode}",
+    }
+    return load_config(None, [f"{k}={v}" for k, v in sets.items()])
+
+
+def _write(folder: Path, name: str, lines: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _table(spark: SparkSession, warehouse: str, name: str) -> DataFrame:
+    df = spark.read.format("delta").load(f"{warehouse}/{name}")
+    return df.drop(S.RUN_ID).orderBy(*TABLES[name])
+
+
+def _version(spark: SparkSession, warehouse: str, name: str) -> int:
+    row = DeltaTable.forPath(spark, f"{warehouse}/{name}").history(1).first()
+    assert row is not None
+    return int(row["version"])
+
+
+def _reconciles(summary: dict[str, Any]) -> bool:
+    parts = summary["accepted"] + summary["quarantined"] + summary["duplicates"]
+    return bool(summary["read"] == parts)
+
+
+@pytest.mark.slow
+def test_three_batches_one_at_a_time_equal_one_full_ingest(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from recspark.ingest.job import run as ingest
+
+    _write(tmp_path / "items", "items.jsonl", [json.dumps(i) for i in ITEMS])
+    names = [f"day-{k}.jsonl" for k in (1, 2, 3)]
+    inbox = tmp_path / "inbox"
+    full_wh, inc_wh = str(tmp_path / "full"), str(tmp_path / "inc")
+    cfg = _cfg(tmp_path, inc_wh, inbox)
+    runs = []
+    for k, (name, lines) in enumerate(zip(names, BATCHES, strict=True)):
+        _write(inbox, name, lines)
+        if k == 1:
+            # Batch 2 killed after its events were written: the rerun ends equal.
+            stream.FAIL_AT.add("events")
+            try:
+                with pytest.raises(RuntimeError, match="injected failure at events"):
+                    ingest(spark, cfg)
+            finally:
+                stream.FAIL_AT.clear()
+        summary = ingest(spark, cfg)["events"]
+        runs.append(summary)
+        # Each run reads its new file only, and reconciles.
+        assert (summary["mode"], summary["files"], summary["read"]) == (
+            "incremental",
+            1,
+            len(lines),
+        )
+        assert _reconciles(summary)
+    # One full ingest of the three files (the same paths: quarantine keys hash them).
+    full = ingest(spark, _cfg(tmp_path, full_wh, inbox, mode="full"))["events"]
+    assert full["mode"] == "full" and full["read"] == sum(len(b) for b in BATCHES)
+    assert [r["duplicates"] for r in runs] == [0, 3, 0]  # the two re-sent ones, the repeated line
+    assert runs[1]["quarantined_by_reason"] == {"bot": 4}
+    assert runs[1]["requarantined"] == 3  # b's batch-1 events
+    # The rerun found batch 2's events written by the killed run.
+    assert runs[1]["inserted"] == 0 and runs[1]["already_present"] == runs[1]["accepted"]
+    assert sum(r["accepted"] for r in runs) - runs[1]["requarantined"] == full["accepted"]
+
+    for name in TABLES:
+        assert_df_equality(
+            _table(spark, inc_wh, name),
+            _table(spark, full_wh, name),
+            ignore_nullable=True,
+            ignore_row_order=True,
+        )
+    sessions = {
+        r[S.EVENT_TS].strftime("%H:%M"): r[S.SESSION_ID]
+        for r in spark.read.format("delta")
+        .load(f"{inc_wh}/silver/events")
+        .where(F.col(S.USER_ID) == "u1")
+        .collect()
+    }
+    s1 = f"u1:{int(datetime(2024, 1, 1, 10, tzinfo=UTC).timestamp())}"
+    s2 = f"u1:{int(datetime(2024, 1, 1, 11, 30, tzinfo=UTC).timestamp())}"
+    assert sessions == {"10:00": s1, "10:10": s1, "10:25": s1, "11:30": s2, "11:45": s2}
+
+    # Nothing new: reads 0 records and commits nothing. A file changed after it was read is
+    # reported, not read again.
+    versions = {t: _version(spark, inc_wh, t) for t in TABLES}
+    changed = inbox / names[0]
+    changed.write_text(changed.read_text() + _line("u9", "i1", "10:00") + "\n")
+    os.utime(changed, (changed.stat().st_atime, changed.stat().st_mtime + 60))
+    idle = ingest(spark, cfg)["events"]
+    assert (idle["read"], idle["batches"]) == (0, 0)
+    assert [p.rsplit("/", 1)[-1] for p in idle["rewritten_files"]] == [names[0]]
+    assert {t: _version(spark, inc_wh, t) for t in TABLES} == versions
+
+
+def test_a_batch_classified_with_its_context_equals_the_full_classification(
+    spark: SparkSession,
+) -> None:
+    """The transforms alone: batch 2 classified with the context of batch 1's stored events
+    and hours gets the statuses, reasons and sessions that classifying both batches together
+    gives batch 2's records (the bot's batch-1 events aside: the job moves those)."""
+    items = spark.createDataFrame(
+        [("i1", "c"), ("i2", "c"), ("i3", "c")], "item_id string, category string"
+    )
+    b1 = spark.createDataFrame([(r, "f1") for r in BATCHES[0]], RAW)
+    b2 = spark.createDataFrame([(r, "f2") for r in BATCHES[1]], RAW)
+    params: dict[str, Any] = {
+        "min_ts": WINDOW[0],
+        "max_ts": WINDOW[1],
+        "bot_events_per_hour": 3,
+        "bot_min_busy_hours": 2,
+        "session_gap_minutes": 30,
+    }
+    first = X.classify_events(b1, items, **params)
+    stored = X.to_silver_events(first.where(F.col(X.STATUS) == "accepted"), run_id="r")
+    ctx = N.context(
+        stored,
+        N.hour_counts(first),
+        N.batch_users(b2),
+        gap_minutes=30,
+        events_per_hour=3,
+    )
+    cols = [X.RAW_HASH, X.STATUS, S.REASON, S.DETAIL, S.SESSION_ID, S.EVENT_KEY]
+    got = X.classify_events(b2, items, context=ctx, **params).select(*cols)
+    both = X.classify_events(b1.unionByName(b2), items, **params)
+    want = both.where(F.col(S.SOURCE_FILE) == "f2").select(*cols)
+    assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
+    assert got.where(F.col(S.REASON) == X.BOT).count() == 4
+
+
+def test_a_file_changed_after_it_was_read_is_reported(spark: SparkSession, tmp_path: Path) -> None:
+    """The stream's source log records each file's path (a URI) and modification time; a
+    listed file modified later is reported."""
+    a, b = _write(tmp_path / "in", "a b.jsonl", ["{}"]), _write(tmp_path / "in", "c.jsonl", ["{}"])
+    log = tmp_path / "cp" / "sources" / "0"
+    log.mkdir(parents=True)
+    entries = [
+        {"path": p.resolve().as_uri(), "timestamp": int(p.stat().st_mtime * 1000), "batchId": 0}
+        for p in (a, b)
+    ]
+    (log / "0").write_text("v1\n" + "\n".join(json.dumps(e) for e in entries) + "\n")
+    files = [f"file:{a}", f"file:{b}"]
+    assert stream.rewritten_files(spark, str(tmp_path / "cp"), files) == []
+    os.utime(b, (b.stat().st_atime, b.stat().st_mtime + 60))
+    assert stream.rewritten_files(spark, str(tmp_path / "cp"), files) == [f"file:{b}"]
+    assert stream.rewritten_files(spark, str(tmp_path / "none"), files) == []
+
+
+def test_ingest_mode_is_validated_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"key 'ingest.mode' expected 'incremental' \| 'full'"):
+        load_config(None, ["ingest.mode=daily"])
+    bad = tmp_path / "c.yaml"
+    bad.write_text("ingest:\n  stream_source: kafka\n")
+    with pytest.raises(ConfigError, match=rf"{bad}: key 'ingest.stream_source'"):
+        load_config(bad)
+    assert load_config(None, []).ingest.mode == "incremental"
