@@ -122,6 +122,16 @@ class Locations:
         """The folder of the local MLflow store (tracking database and artifacts)."""
         return join(self.files, "mlflow")
 
+    @property
+    def mlflow_db(self) -> str:
+        """The SQLite database of the local MLflow store (runs and the model registry)."""
+        return join(self.mlflow, "mlflow.db")
+
+    @property
+    def mlflow_artifacts(self) -> str:
+        """The artifact root of the local MLflow store's experiments."""
+        return join(self.mlflow, "artifacts")
+
     def stream_checkpoint(self, name: str) -> str:
         """The checkpoint folder of the incremental stream ``name``."""
         return join(self.files, "_checkpoints", name)

@@ -13,11 +13,12 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark import tables
-from recspark.config import Config
+from recspark.config import Config, to_dict
 from recspark.errors import StageNotReadyError
 from recspark.evaluate.baselines import AlsParams, als_factors, als_grid, popularity_recs
 from recspark.evaluate.metrics import VALUE, ranking_metrics
@@ -90,6 +91,19 @@ def kernel_recs(
     ).select(USER_ID, ITEM_ID, RANK)
 
 
+def split_identity(interactions_version: int, fraction: float, min_train: int) -> str:
+    """What makes two evaluations comparable: the same interactions, cut the same way (pure)."""
+    return (
+        f"{tables.SILVER_INTERACTIONS}@v{interactions_version}"
+        f",holdout_fraction={fraction},min_train={min_train}"
+    )
+
+
+def _table_version(spark: SparkSession, warehouse: str, name: str) -> int:
+    row = DeltaTable.forPath(spark, tables.table_path(warehouse, name)).history(1).first()
+    return int(row["version"]) if row is not None else -1
+
+
 def _ndcg(recs: DataFrame, truth: DataFrame, catalog: DataFrame, k: int) -> float:
     rows = ranking_metrics(recs, truth, catalog, k=k).where(F.col(METRIC) == "ndcg").collect()
     return float(rows[0][VALUE]) if rows else 0.0
@@ -140,6 +154,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     kmax = max(ec.ks)
     interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
     items = tables.read(spark, wh, tables.SILVER_ITEMS)
+    split_id = split_identity(
+        _table_version(spark, wh, tables.SILVER_INTERACTIONS), ec.holdout_fraction, ec.min_train
+    )
     api: Any = None
     if "recspark" in ec.models:
         try:
@@ -262,4 +279,21 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "model_versions": versions,
         "report": paths.get("markdown"),
     }
+    if cfg.mlflow.enabled:
+        from recspark.registry.store import log_evaluation, store
+
+        by_model: dict[str, dict[str, float]] = {}
+        for r in rows:
+            by_model.setdefault(r.model, {})[f"{r.metric}_at_{r.k}"] = r.value
+        settings = {f"evaluate.{k}": v for k, v in to_dict(ec).items()}
+        ids = log_evaluation(
+            store(cfg.mlflow, cfg.locations()),
+            run_id,
+            by_model,
+            versions,
+            split_id,
+            {**settings, "seed": cfg.seed, "split": split_id},
+            [paths[k] for k in sorted(paths)],
+        )
+        summary["mlflow_run_id"] = ids["parent"]
     return summary

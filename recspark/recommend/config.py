@@ -30,12 +30,21 @@ class RecommendConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Write a readable reason per row ("because you liked <title>").
     reasons: bool = True
+    # The model to score with: null = the newest model version in gold/item_vectors and
+    # gold/user_vectors (train's output); or a registered model, models:/<name>@<alias> or
+    # models:/<name>/<version>, whose item vectors the run loads from the registry.
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, found {self.k}")
         if self.cold_item_slots < 0:
             raise ValueError(f"cold_item_slots must be >= 0, found {self.cold_item_slots}")
+        if self.model is not None and not self.model.startswith("models:/"):
+            raise ValueError(
+                f"model must be null or models:/<name>@<alias> or models:/<name>/<version>, "
+                f"found {self.model!r}"
+            )
         for name in ("user_block_size", "item_block_size", "group_size", "torch_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
