@@ -269,7 +269,9 @@ def _cfg(wh: str, **sections: Any) -> Config:
         "run_id": RUN,
         "train": train,
         "recommend": RecommendConfig(k=4, cold_item_slots=1, item_block_size=8, group_size=4),
-        "evaluate": EvaluateConfig(models=("recspark", "popularity"), ks=(4, 10), report=True),
+        "evaluate": EvaluateConfig(
+            models=("popularity", "als"), ks=(4, 10), als_ranks=(4,), als_reg=(0.1,), als_max_iter=3
+        ),
     }
     base.update(sections)
     return Config(**base)
@@ -323,7 +325,7 @@ def test_train_registers_a_pyfunc_and_recommend_marks_it_served(world: dict[str,
     mv = client.get_model_version("recspark", "1")
     assert mv.tags["model_version"] == trained["model_version"] and mv.run_id == run.info.run_id
     assert world["served"]["registered_version"] == "1"
-    assert client.get_model_version_by_alias("recspark", "serving").version == "1"
+    assert str(client.get_model_version_by_alias("recspark", "serving").version) == "1"
     listed = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/MLmodel", "model/artifacts", "model/code"} <= listed
 
@@ -411,13 +413,13 @@ def test_evaluate_metrics_are_in_the_store_for_every_model(
     assert parent.data.tags["recspark.split"].startswith("silver/interactions@v0,")
     gold = spark.read.format("delta").load(tables.table_path(world["wh"], tables.GOLD_METRICS))
     rows = gold.where(F.col("run_id") == RUN).collect()
-    assert {r["model"] for r in rows} == {"recspark", "popularity"}
+    assert {r["model"] for r in rows} == {"popularity", "als"}
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
     )
     by_model = {c.data.tags["model"]: c for c in children}
-    assert set(by_model) == {"recspark", "popularity"}
+    assert set(by_model) == {"popularity", "als"}
     for r in rows:
         key = f"{r['metric']}_at_{r['k']}"
         assert by_model[r["model"]].data.metrics[key] == pytest.approx(r["value"])
@@ -434,16 +436,11 @@ def test_promote_moves_the_champion_only_to_a_better_version(
     from recspark.registry.store import log_evaluation
 
     cfg, s = world["cfg"], world["store"]
-    first = promote(spark, cfg)
-    assert first["promoted"] and first["champion"] == "1", first
     client = s.client()
     split = client.get_run(evaluated["mlflow_run_id"]).data.tags["recspark.split"]
-    ndcg = evaluated["metrics"]["recspark/ndcg@10"]
     mv1 = client.get_model_version("recspark", "1")
-    for run_id, value in (("worse", ndcg - 0.01), ("better", ndcg + 0.01)):
-        client.create_model_version(
-            "recspark", mv1.source, run_id=mv1.run_id, tags={"recspark.run_id": run_id}
-        )
+
+    def evaluation(run_id: str, value: float) -> None:
         row = [(run_id, "recspark", "ndcg", 10, float(value), run_id, datetime(2024, 2, 1))]
         tables.merge_upsert(
             spark,
@@ -452,10 +449,21 @@ def test_promote_moves_the_champion_only_to_a_better_version(
             tables.GOLD_METRICS,
             keys=["run_id", "model", "metric", "k"],
         )
-        log_evaluation(s, run_id, {"recspark": {"ndcg_at_10": value}}, {}, split, {}, [])
+        if run_id != RUN:  # the evaluate fixture logged run RUN's evaluation
+            log_evaluation(s, run_id, {"recspark": {"ndcg_at_10": value}}, {}, split, {}, [])
+
+    evaluation(RUN, 0.2)  # version 1 was trained by run RUN
+    first = promote(spark, cfg)
+    assert first["promoted"] and first["champion"] == "1", first
+    for run_id, value in (("worse", 0.19), ("better", 0.21)):
+        client.create_model_version(
+            "recspark", mv1.source, run_id=mv1.run_id, tags={"recspark.run_id": run_id}
+        )
+        evaluation(run_id, value)
     kept = promote(spark, cfg, "2")
     assert not kept["promoted"] and kept["champion"] == "1", kept
-    assert client.get_model_version_by_alias("recspark", "champion").version == "1"
+    assert "does not beat" in kept["reason"]
+    assert str(client.get_model_version_by_alias("recspark", "champion").version) == "1"
     moved = promote(spark, cfg)  # the newest: version 3, better
     assert moved["promoted"] and moved["champion"] == "3", moved
-    assert client.get_model_version_by_alias("recspark", "champion").version == "3"
+    assert str(client.get_model_version_by_alias("recspark", "champion").version) == "3"

@@ -20,6 +20,7 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 import recspark
 from recspark.registry.scorer import (
@@ -38,7 +39,7 @@ SETTINGS_ARTIFACT = "settings"
 REQUIREMENTS = ("mlflow-skinny", "numpy", "pandas", "pyarrow", "torch", "pyspark")
 
 
-class RecsparkRecommender(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class RecsparkRecommender(PythonModel):
     """Top-K item ids and scores for user histories (see the module docstring)."""
 
     def load_context(self, context: Any) -> None:

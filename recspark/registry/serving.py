@@ -8,8 +8,9 @@ import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
@@ -76,7 +77,7 @@ def publish(
         if col not in items.columns:
             items = items.withColumn(col, F.lit(None).cast("string"))
     catalog = item_catalog(item_vectors, items, _interactions(spark, cfg, events))
-    frame = catalog.select(*ITEM_COLUMNS).toPandas()
+    frame = cast(pd.DataFrame, catalog.select(*ITEM_COLUMNS).toPandas())
     settings = model_settings(
         model_version,
         int(meta["history_len"]),
