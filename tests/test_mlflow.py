@@ -270,7 +270,7 @@ def _cfg(wh: str, **sections: Any) -> Config:
         "train": train,
         "recommend": RecommendConfig(k=4, cold_item_slots=1, item_block_size=8, group_size=4),
         "evaluate": EvaluateConfig(
-            models=("popularity", "als"), ks=(4, 10), als_ranks=(4,), als_reg=(0.1,), als_max_iter=3
+            models=("popularity", "als"), ks=(10,), als_ranks=(4,), als_reg=(0.1,), als_max_iter=3
         ),
     }
     base.update(sections)

@@ -283,8 +283,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         from recspark.registry.store import log_evaluation, store
 
         by_model: dict[str, dict[str, float]] = {}
-        for r in rows:
-            by_model.setdefault(r.model, {})[f"{r.metric}_at_{r.k}"] = r.value
+        for mr in rows:
+            by_model.setdefault(mr.model, {})[f"{mr.metric}_at_{mr.k}"] = mr.value
         settings = {f"evaluate.{k}": v for k, v in to_dict(ec).items()}
         ids = log_evaluation(
             store(cfg.mlflow, cfg.locations()),
