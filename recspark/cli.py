@@ -35,6 +35,9 @@ STAGES: tuple[str, ...] = ("generate", "ingest", "embed", "train", "recommend", 
 # What `recspark run` runs, in order (it never generates or overwrites input).
 PIPELINE: tuple[str, ...] = ("ingest", "embed", "train", "recommend", "evaluate")
 
+# Commands that write to the MLflow store (checked before Spark starts, unless it is off).
+TRACKED: tuple[str, ...] = ("train", "recommend", "evaluate", "promote")
+
 StageFn = Callable[[SparkSession, Config], dict[str, Any]]
 
 
@@ -85,6 +88,10 @@ def preflight(names: Sequence[str], cfg: Config) -> None:
         from recspark.embed.model import encode_settings
 
         encode_settings(cfg.embed)
+    if cfg.mlflow.enabled and any(n in TRACKED for n in names):
+        from recspark.registry.store import check, store
+
+        check(store(cfg.mlflow, cfg.locations()))
 
 
 def storage_failure(text: str, warehouse: str) -> str | None:
@@ -176,6 +183,12 @@ def parser() -> argparse.ArgumentParser:
     for name in STAGES:
         sub.add_parser(name, parents=[common], help=f"run the {name} stage")
     sub.add_parser("run", parents=[common], help="ingest, embed, train, recommend, evaluate")
+    pr = sub.add_parser(
+        "promote",
+        parents=[common],
+        help="move the champion alias to a registered version whose NDCG@10 beats the champion's",
+    )
+    pr.add_argument("--version", default=None, help="the candidate (default: the newest version)")
     ds = sub.add_parser("datasets", parents=[common], help="prepare a public data set as input")
     ds.add_argument("name", choices=["movielens-100k"])
     ds.add_argument("--out", default="data/ml-100k", help="where to write events and items")
@@ -198,6 +211,16 @@ def exit_status(argv: Sequence[str] | None = None) -> int:
             from recspark.datasets import prepare
 
             print(json.dumps(prepare(args.name, args.out), sort_keys=True))
+            return 0
+        if args.command == "promote":
+            preflight(["promote"], cfg)
+            from recspark.registry.promote import run as promote
+
+            session = build_session(cfg)
+            try:
+                print(json.dumps(promote(session, cfg, args.version), sort_keys=True))
+            finally:
+                session.stop()
             return 0
         names = PIPELINE if args.command == "run" else (args.command,)
         preflight(names, cfg)

@@ -69,6 +69,38 @@ class SparkConfig:
 
 
 @dataclass(frozen=True)
+class MlflowConfig:
+    """Tracking, model registry and aliases (``recspark.registry``).
+
+    Null URIs: a SQLite store under the file location (``<files>/mlflow/mlflow.db``, artifacts
+    beside it) for tracking, and the tracking store for the registry. On Databricks set
+    ``tracking_uri: databricks`` and ``registry_uri: databricks-uc`` (with a three-level
+    ``registered_model`` name, ``catalog.schema.model``).
+    """
+
+    # False: nothing is tracked or registered, and no store needs to be reachable.
+    enabled: bool = True
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    experiment: str = "recspark"
+    # The registered model train registers each model version under.
+    registered_model: str = "recspark"
+    # Alias moved to the version a successful `recspark recommend` scored with.
+    serving_alias: str = "serving"
+    # Alias moved by `recspark promote` when the candidate beats the champion.
+    champion_alias: str = "champion"
+    # Seconds the store check waits for a tracking server before the run stops.
+    timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.timeout <= 0:
+            raise ValueError(f"timeout must be > 0, found {self.timeout}")
+        for name in ("experiment", "registered_model", "serving_alias", "champion_alias"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} must not be empty")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of one run."""
 
@@ -87,6 +119,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     # Where the config came from, for messages; not a key users set.
     source: str = field(default="<defaults>", compare=False)
 

@@ -119,8 +119,18 @@ class Locations:
 
     @property
     def mlflow(self) -> str:
-        """The folder of the default MLflow file store (runs and artifacts): ``mlruns``."""
-        return join(self.files, "mlruns")
+        """The folder of the local MLflow store (tracking database and artifacts)."""
+        return join(self.files, "mlflow")
+
+    @property
+    def mlflow_db(self) -> str:
+        """The SQLite database of the local MLflow store (runs and the model registry)."""
+        return join(self.mlflow, "mlflow.db")
+
+    @property
+    def mlflow_artifacts(self) -> str:
+        """The artifact root of the local MLflow store's experiments."""
+        return join(self.mlflow, "artifacts")
 
     def stream_checkpoint(self, name: str) -> str:
         """The checkpoint folder of the incremental stream ``name``."""

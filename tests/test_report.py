@@ -141,7 +141,7 @@ def test_secrets_never_reach_the_report() -> None:
                 "spark.sql.shuffle.partitions": "8",
             }
         },
-        "train": {"mlflow_tracking_uri": "https://me:S3CRET-3@mlflow.example:5000"},
+        "mlflow": {"tracking_uri": "https://me:S3CRET-3@mlflow.example:5000"},
     }
     train = {**TRAIN, "model_dir": "s3a://me:S3CRET-4@bucket/models/v"}
     page = build_run_report([INGEST, train], None, None, settings=settings)

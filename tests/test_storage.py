@@ -73,7 +73,7 @@ def test_uc_warehouse_needs_a_file_location() -> None:
     where = locations("main.recspark", "/Volumes/main/recspark/files/")
     assert where.uc
     assert where.model_dir("v1") == "/Volumes/main/recspark/files/models/v1"
-    assert where.mlflow == "/Volumes/main/recspark/files/mlruns"
+    assert where.mlflow == "/Volumes/main/recspark/files/mlflow"
     assert where.stream_checkpoint("events") == "/Volumes/main/recspark/files/_checkpoints/events"
 
 

@@ -484,11 +484,15 @@ def test_fit_writes_a_tracked_model_that_learned_from_all_data(fitted: dict[str,
 
     t = pq.read_table(str(feats)).to_pandas()
     assert (t.known_all.sum() > t.known_train.sum()) and not (t.known_train & ~t.known_all).any()
-    from mlflow.tracking import MlflowClient
+    from recspark.registry.store import store
 
-    client = MlflowClient(tracking_uri="file://" + os.path.abspath(fitted["wh"]) + "/mlruns")
+    cfg = fitted["cfg"]
+    client = store(cfg.mlflow, cfg.locations()).client()
     run = client.get_run(meta["mlflow_run_id"])
+    assert result.mlflow_run_id == meta["mlflow_run_id"]
     assert run.data.tags["model_version"] == "v1"
+    assert fitted["summary"]["registered_version"] == "1"
+    assert run.data.tags["registered_model_version"] == "recspark/1"
     assert "validate/val_ndcg_at_10" in run.data.metrics
     assert run.data.params["train.dim"] == "8"
     hist = client.get_metric_history(run.info.run_id, "validate/train_loss")

@@ -89,7 +89,7 @@ def test_uc_warehouse_without_a_file_location_stops_before_spark() -> None:
     ok = load_config(None, ["warehouse=main.recspark", "files=/Volumes/main/recspark/files"])
     assert ok.locations().model_dir("v1") == "/Volumes/main/recspark/files/models/v1"
     assert ok.locations().reports("r1") == "/Volumes/main/recspark/files/reports/r1"
-    assert ok.locations().mlflow == "/Volumes/main/recspark/files/mlruns"
+    assert ok.locations().mlflow == "/Volumes/main/recspark/files/mlflow"
 
 
 # --- a local metastore schema standing in for Unity Catalog ------------------------------

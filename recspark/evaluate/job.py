@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark import tables
-from recspark.config import Config
+from recspark.config import Config, to_dict
 from recspark.errors import StageNotReadyError
 from recspark.evaluate.baselines import (
     AlsParams,
@@ -101,6 +101,14 @@ def kernel_recs(
     ).select(USER_ID, ITEM_ID, RANK)
 
 
+def split_identity(interactions_version: int, fraction: float, min_train: int) -> str:
+    """What makes two evaluations comparable: the same interactions, cut the same way (pure)."""
+    return (
+        f"{tables.SILVER_INTERACTIONS}@v{interactions_version}"
+        f",holdout_fraction={fraction},min_train={min_train}"
+    )
+
+
 def _ndcg(recs: DataFrame, truth: DataFrame, catalog: DataFrame, k: int) -> float:
     rows = ranking_metrics(recs, truth, catalog, k=k).where(F.col(METRIC) == "ndcg").collect()
     return float(rows[0][VALUE]) if rows else 0.0
@@ -152,11 +160,16 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
     items = tables.read(spark, wh, tables.SILVER_ITEMS)
     # Text embeddings: the content baseline, and every model's intra-list diversity.
-    emb_path = tables.table_path(wh, tables.GOLD_ITEM_EMBEDDINGS)
+    emb_table = tables.ref(wh, tables.GOLD_ITEM_EMBEDDINGS)
     text = (
         unit_vectors(tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)).cache()
-        if "content" in ec.models or tables.exists(spark, emb_path)
+        if "content" in ec.models or tables.exists(spark, emb_table)
         else None
+    )
+    split_id = split_identity(
+        tables.version(spark, tables.ref(wh, tables.SILVER_INTERACTIONS)),
+        ec.holdout_fraction,
+        ec.min_train,
     )
     api: Any = None
     if "recspark" in ec.models:
@@ -309,4 +322,21 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "model_versions": versions,
         "report": paths.get("markdown"),
     }
+    if cfg.mlflow.enabled:
+        from recspark.registry.store import log_evaluation, store
+
+        by_model: dict[str, dict[str, float]] = {}
+        for mr in rows:
+            by_model.setdefault(mr.model, {})[f"{mr.metric}_at_{mr.k}"] = mr.value
+        settings = {f"evaluate.{k}": v for k, v in to_dict(ec).items()}
+        ids = log_evaluation(
+            store(cfg.mlflow, cfg.locations()),
+            run_id,
+            by_model,
+            versions,
+            split_id,
+            {**settings, "seed": cfg.seed, "split": split_id},
+            [paths[k] for k in sorted(paths)],
+        )
+        summary["mlflow_run_id"] = ids["parent"]
     return summary

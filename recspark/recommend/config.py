@@ -35,6 +35,10 @@ class RecommendConfig:
     # scaled) score. The top diversity_candidates x k items of each user are re-ranked.
     diversity: float = 0.0
     diversity_candidates: int = 3
+    # The model to score with: null = the newest model version in gold/item_vectors and
+    # gold/user_vectors (train's output); or a registered model, models:/<name>@<alias> or
+    # models:/<name>/<version>, whose item vectors the run loads from the registry.
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -43,6 +47,11 @@ class RecommendConfig:
             raise ValueError(f"cold_item_slots must be >= 0, found {self.cold_item_slots}")
         if not 0.0 <= self.diversity <= 1.0:
             raise ValueError(f"diversity must be in [0, 1], found {self.diversity}")
+        if self.model is not None and not self.model.startswith("models:/"):
+            raise ValueError(
+                f"model must be null or models:/<name>@<alias> or models:/<name>/<version>, "
+                f"found {self.model!r}"
+            )
         for name in (
             "user_block_size",
             "item_block_size",

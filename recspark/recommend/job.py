@@ -42,8 +42,15 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     wh = cfg.warehouse
     cfg = cfg.with_run_id()
     run_id = str(cfg.run_id)
-    item_vectors = tables.read(spark, wh, tables.GOLD_ITEM_VECTORS)
-    user_vectors = tables.read(spark, wh, tables.GOLD_USER_VECTORS)
+    registered = None
+    if cfg.recommend.model:  # a registered model: its item vectors, its user tower on events
+        from recspark.registry.serving import registered_vectors
+
+        events = tables.read(spark, wh, tables.SILVER_EVENTS)
+        registered, item_vectors, user_vectors = registered_vectors(spark, cfg, events)
+    else:
+        item_vectors = tables.read(spark, wh, tables.GOLD_ITEM_VECTORS)
+        user_vectors = tables.read(spark, wh, tables.GOLD_USER_VECTORS)
     interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
     items = tables.read(spark, wh, tables.SILVER_ITEMS)
     for df, name in (
@@ -99,6 +106,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         F.countDistinct(USER_ID).alias("users"),
         F.countDistinct(ITEM_ID).alias("distinct_items"),
     ).first()
+    from recspark.registry.serving import mark_served
+
+    served = mark_served(cfg, model_version, registered)
     return {
         "stage": "recommend",
         "run_id": run_id,
@@ -108,4 +118,5 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "distinct_items": int(stats["distinct_items"]) if stats else 0,
         "items_scored": len(index.ids),
         "table_version": tables.version(spark, tables.ref(wh, tables.GOLD_RECOMMENDATIONS)),
+        **served,
     }

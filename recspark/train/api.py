@@ -40,6 +40,7 @@ from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, Str
 from recspark.config import Config, to_dict
 from recspark.errors import ModelError, SchemaError
 from recspark.log import get_logger
+from recspark.registry.store import TAG_RUN_ID, store
 from recspark.schema import CATEGORY, EMBEDDING, ITEM_ID, USER_ID
 from recspark.storage import require_local
 from recspark.train import dataset as ds
@@ -56,7 +57,7 @@ from recspark.train.loop import (
 from recspark.train.model import ModelShape, negatives_for
 from recspark.train.plan import plan_data, plan_files, plan_launch
 from recspark.train.reader import row_groups
-from recspark.train.tracking import default_tracking_uri, log_training
+from recspark.train.tracking import log_training
 
 VECTORS_SCHEMA = StructType(
     [StructField(ITEM_ID, StringType(), False), StructField(ds.VECTOR, ArrayType(FloatType()))]
@@ -75,6 +76,8 @@ class TrainResult:
     # "<phase>:<epoch>" of the checkpoint this run resumed from; "finished" when the model was
     # already trained (reused); None for a run from scratch.
     resumed_from: str | None = None
+    # The MLflow training run (None when tracking was off).
+    mlflow_run_id: str | None = None
 
 
 def fs_path(uri: str) -> str:
@@ -103,7 +106,24 @@ def _result(model_dir: str, meta: dict[str, Any], resumed_from: str | None) -> T
         model_dir=model_dir,
         metrics={k: float(v) for k, v in meta.get("metrics", {}).items()},
         resumed_from=resumed_from,
+        mlflow_run_id=meta.get("mlflow_run_id"),
     )
+
+
+def read_meta(model_dir: str) -> dict[str, Any]:
+    """The ``meta.json`` of model folder ``model_dir`` (the user tower's settings, metrics,
+    the MLflow run).
+
+    Raises:
+        ModelError: no trained model there, or an unreadable file.
+    """
+    return _read_meta(model_dir)
+
+
+def towers(model_dir: str) -> list[str]:
+    """The trained network's files in model folder ``model_dir`` (weights and description)."""
+    root = fs_path(model_dir)
+    return [os.path.join(root, MODEL_FILE), os.path.join(root, META_FILE)]
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -344,18 +364,20 @@ def fit(
         metrics[f"val_recall_at_{k}"] = float(best[0][f"val_recall_at_{k}"])
     if final:
         metrics["final_train_loss"] = float(final[-1]["train_loss"])
-    uri = tc.mlflow_tracking_uri or default_tracking_uri(cfg.locations())
-    params = {f"train.{k2}": v for k2, v in to_dict(tc).items()}
-    params.update({"seed": cfg.seed, "num_proc": plan.num_proc, "model_version": version})
-    run_id = log_training(
-        uri,
-        tc.experiment,
-        version,
-        params,
-        meta["history"],
-        metrics,
-        [os.path.join(work, MODEL_FILE), os.path.join(work, META_FILE)],
-    )
+    run_id = None
+    if cfg.mlflow.enabled:
+        params = {f"train.{k2}": v for k2, v in to_dict(tc).items()}
+        params.update({"seed": cfg.seed, "num_proc": plan.num_proc, "model_version": version})
+        tags = {TAG_RUN_ID: cfg.run_id} if cfg.run_id else {}
+        run_id = log_training(
+            store(cfg.mlflow, cfg.locations()),
+            version,
+            params,
+            meta["history"],
+            metrics,
+            [os.path.join(work, MODEL_FILE), os.path.join(work, META_FILE)],
+            tags=tags,
+        )
     meta["metrics"] = metrics
     meta["mlflow_run_id"] = run_id
     meta["resumed_from"] = resumed_from

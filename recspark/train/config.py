@@ -36,8 +36,6 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 2
     validation_days: float = 7.0
-    mlflow_tracking_uri: str | None = None  # default: file store under <files>/mlruns
-    experiment: str = "recspark"
     # Model version (folder name under <files>/models). Null: derived from the train
     # settings, the seed and the Delta versions of the input tables, so that starting the same
     # run again resumes it from its last checkpoint instead of starting over.

@@ -10,8 +10,8 @@ from pyspark.sql import functions as F
 
 from recspark import tables
 from recspark.config import Config
-from recspark.schema import MODEL_VERSION
-from recspark.train.api import fit, item_vectors, user_vectors
+from recspark.schema import ITEM_ID, MODEL_VERSION, VECTOR
+from recspark.train.api import fit, item_vectors, towers, user_vectors
 from recspark.train.plan import model_version
 
 
@@ -27,6 +27,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     from its last checkpoint, and reuses a finished model.
     """
     wh = cfg.warehouse
+    cfg = cfg.with_run_id()
     inputs = [tables.SILVER_EVENTS, tables.SILVER_ITEMS, tables.GOLD_ITEM_EMBEDDINGS]
     events = tables.read(spark, wh, tables.SILVER_EVENTS)
     items = tables.read(spark, wh, tables.SILVER_ITEMS)
@@ -35,10 +36,11 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "event_weights": dict(cfg.ingest.event_weights),
         "decay_half_life_days": cfg.ingest.decay_half_life_days,
     }
+    read_versions = _input_versions(spark, wh, inputs)
     version = model_version(
         {**dataclasses.asdict(cfg.train), **weighting},
         cfg.seed,
-        _input_versions(spark, wh, inputs),
+        read_versions,
         cfg.train.model_version,
     )
     model_dir = cfg.locations().model_dir(version)
@@ -52,6 +54,23 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     tables.overwrite(
         uv.withColumn(MODEL_VERSION, F.lit(result.model_version)), wh, tables.GOLD_USER_VECTORS
     )
+    registered: dict[str, Any] = {}
+    if cfg.mlflow.enabled and result.mlflow_run_id:
+        from recspark.registry.serving import publish
+
+        ref = publish(
+            spark,
+            cfg,
+            model_dir=result.model_dir,
+            model_version=result.model_version,
+            mlflow_run_id=result.mlflow_run_id,
+            item_vectors=iv_saved.select(ITEM_ID, VECTOR),
+            items=items,
+            events=events,
+            input_versions=read_versions,
+            towers=towers(result.model_dir),
+        )
+        registered = {"registered_model": ref.name, "registered_version": ref.version}
     return {
         "stage": "train",
         "model_version": result.model_version,
@@ -61,4 +80,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         # "<phase>:<epoch>" of the checkpoint a killed run was resumed from; "finished" when
         # the model was already trained; None when trained from scratch.
         "resumed_from": result.resumed_from,
+        "mlflow_run_id": result.mlflow_run_id,
+        **registered,
     }

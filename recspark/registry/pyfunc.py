@@ -1,0 +1,113 @@
+"""The registered model: an ``mlflow.pyfunc`` model that recommends for user histories.
+
+``predict`` takes a pandas DataFrame with a ``history`` column (lists of item ids, oldest first,
+newest last) and returns, row for row, ``item_ids`` and ``scores`` (lists, best first), scored
+with the recommend stage's kernel (:class:`recspark.registry.scorer.Scorer`). Params: ``k``
+(default: the model's ``recommend.k``) and ``exclude_history`` (default true).
+
+Load it anywhere with ``mlflow.pyfunc.load_model("models:/<name>@<alias>")``: the item vectors,
+the item catalog and the towers are artifacts, and recspark's code travels with the model
+(``code_paths``), so nothing is read from the warehouse.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+from mlflow.pyfunc.model import PythonModel
+
+import recspark
+from recspark.registry.scorer import (
+    HISTORY,
+    ITEM_IDS,
+    ITEMS_FILE,
+    SCORES,
+    SETTINGS_FILE,
+    Scorer,
+    read_files,
+)
+
+ITEMS_ARTIFACT = "items"
+SETTINGS_ARTIFACT = "settings"
+# Packages the model needs where it is loaded, pinned to the versions it was logged with.
+REQUIREMENTS = ("mlflow-skinny", "numpy", "pandas", "pyarrow", "torch", "pyspark")
+
+
+class RecsparkRecommender(PythonModel):
+    """Top-K item ids and scores for user histories (see the module docstring)."""
+
+    def load_context(self, context: Any) -> None:
+        self.scorer = read_files(
+            context.artifacts[ITEMS_ARTIFACT], context.artifacts[SETTINGS_ARTIFACT]
+        )
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        params = params or {}
+        k = params.get("k")
+        exclude = params.get("exclude_history", True)
+        histories = [list(h) if h is not None else [] for h in model_input[HISTORY]]
+        return self.scorer.top_k(
+            histories, k=int(k) if k is not None else None, exclude_history=bool(exclude)
+        )
+
+
+def _requirements() -> list[str]:
+    out = []
+    for name in REQUIREMENTS:
+        try:
+            out.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def save(
+    path: str | Path,
+    files: str | Path,
+    towers: Sequence[str],
+    example: Sequence[Sequence[str]],
+) -> None:
+    """Save the pyfunc model into the new folder ``path``.
+
+    Args:
+        path: where the MLflow model folder is written (must not exist).
+        files: the folder with ``items.parquet`` and ``settings.json``
+            (:func:`recspark.registry.scorer.write_files`).
+        towers: the trained network's files (``model.pt``, ``meta.json``), kept as artifacts.
+        example: a few histories, the input example.
+    """
+    from mlflow.models import infer_signature
+
+    scorer = Scorer.from_files(files)
+    model = RecsparkRecommender()
+    model.scorer = scorer
+    frame = pd.DataFrame({HISTORY: [list(h) for h in example]})
+    k = int(scorer.settings["recommend"]["k"])
+    output = model.predict(None, frame, {"k": k, "exclude_history": True})
+    signature = infer_signature(frame, output, params={"k": k, "exclude_history": True})
+    artifacts = {
+        ITEMS_ARTIFACT: str(Path(files) / ITEMS_FILE),
+        SETTINGS_ARTIFACT: str(Path(files) / SETTINGS_FILE),
+    }
+    for tower in towers:
+        artifacts[f"towers_{Path(tower).stem}"] = tower
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=RecsparkRecommender(),
+        artifacts=artifacts,
+        signature=signature,
+        input_example=frame,
+        code_paths=[os.path.dirname(recspark.__file__)],
+        pip_requirements=_requirements(),
+    )
+
+
+__all__ = ["ITEM_IDS", "SCORES", "RecsparkRecommender", "save"]
