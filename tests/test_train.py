@@ -591,6 +591,7 @@ class _Payload:
         return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")
 def test_a_checkpoint_or_model_with_a_pickled_object_is_refused(
     spark: SparkSession, tmp_path: Path
 ) -> None:
