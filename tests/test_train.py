@@ -595,6 +595,7 @@ class _Payload:
         return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")
 def test_a_checkpoint_or_model_with_a_pickled_object_is_refused(
     spark: SparkSession, tmp_path: Path
 ) -> None:
@@ -674,6 +675,22 @@ def test_horovod_two_ranks_and_torch_distributor_train_the_same_model(
     hv, tv = _state(tmp_path / "hvd"), _state(tmp_path / "td")
     for name in hv:
         torch.testing.assert_close(hv[name], tv[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fit_without_examples_before_the_cut_trains_on_all_and_says_so(
+    spark: SparkSession, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every example in the validation period (a short history): the train set is empty,
+    which failed in Petastorm (no row group for the shard); now the final phase trains on all
+    examples for train.epochs epochs, and the log says why."""
+    events, items, embs = synthetic(spark, users_per_cat=3)
+    cfg = small_cfg(str(tmp_path / "wh"), validation_days=1000.0, epochs=2, model_version="late")
+    result = fit(spark, cfg, events, items, embs, str(tmp_path / "wh" / "models" / "late"))
+    assert result.metrics["train_examples"] == 0 and result.metrics["valid_examples"] > 0
+    meta = json.loads((tmp_path / "wh" / "models" / "late" / "meta.json").read_text())
+    assert [(h["phase"], h["epoch"]) for h in meta["history"]] == [("final", 1), ("final", 2)]
+    assert "[recspark] train: no examples before the validation cut" in capsys.readouterr().err
 
 
 def test_job_writes_vectors_and_reuses_the_finished_model(
