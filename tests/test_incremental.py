@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from recspark import schema as S
+from recspark import tables as T
 from recspark.config import Config, load_config
 from recspark.errors import ConfigError
 from recspark.ingest import incremental as N
@@ -116,7 +117,7 @@ def _reconciles(summary: dict[str, Any]) -> bool:
 
 @pytest.mark.slow
 def test_three_batches_one_at_a_time_equal_one_full_ingest(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from recspark.ingest.job import run as ingest
 
@@ -126,16 +127,22 @@ def test_three_batches_one_at_a_time_equal_one_full_ingest(
     full_wh, inc_wh = str(tmp_path / "full"), str(tmp_path / "inc")
     cfg = _cfg(tmp_path, inc_wh, inbox)
     runs = []
+    write = T.insert_new
+
+    def killed(spark: SparkSession, df: DataFrame, wh: str, name: str, *a: Any, **k: Any) -> Any:
+        out = write(spark, df, wh, name, *a, **k)
+        if name == T.SILVER_EVENTS:
+            raise RuntimeError("killed after the events commit")
+        return out
+
     for k, (name, lines) in enumerate(zip(names, BATCHES, strict=True)):
         _write(inbox, name, lines)
         if k == 1:
-            # Batch 2 killed after its events were written: the rerun ends equal.
-            stream.FAIL_AT.add("events")
-            try:
-                with pytest.raises(RuntimeError, match="injected failure at events"):
+            # Batch 2 killed right after its events were committed: the rerun ends equal.
+            with monkeypatch.context() as m:
+                m.setattr(T, "insert_new", killed)
+                with pytest.raises(RuntimeError, match="killed after the events commit"):
                     ingest(spark, cfg)
-            finally:
-                stream.FAIL_AT.clear()
         summary = ingest(spark, cfg)["events"]
         runs.append(summary)
         # Each run reads its new file only, and reconciles.

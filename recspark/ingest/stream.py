@@ -52,15 +52,6 @@ _COUNTS = (
     "requarantined",
 )
 
-# Set by tests (tests/test_incremental.py) to fail a batch at a named step: how a killed run
-# is simulated cheaply. Never set in the product.
-FAIL_AT: set[str] = set()
-
-
-def _step(name: str) -> None:
-    if name in FAIL_AT:
-        raise RuntimeError(f"injected failure at {name}")
-
 
 def rewritten_files(spark: SparkSession, checkpoint: str, files: list[str]) -> list[str]:
     """Input files that changed after a batch read them: listed with a modification time later
@@ -158,7 +149,6 @@ def ingest_batch(
         rows=counts["accepted"],
         stats_columns=EVENT_STATS,
     )
-    _step("events")
 
     quarantined = classified.where(F.col(X.STATUS) == "quarantined")
     late = sum(counts["quarantined_by_reason"].get(r, 0) for r in (X.BOT, X.UNKNOWN_ITEM))
@@ -170,7 +160,6 @@ def ingest_batch(
     quarantine_inserted = T.merge_new(
         spark, rejected, cfg.warehouse, T.SILVER_QUARANTINE, keys=[S.RECORD_KEY]
     )
-    _step("quarantine")
 
     # Users who became bots in this batch: their stored events go to the quarantine too (first
     # inserted there, then deleted from silver/events: a rerun finds what is left to move).
@@ -198,7 +187,6 @@ def ingest_batch(
             requarantined = T.delete_matching(
                 spark, moved.select(S.EVENT_KEY), cfg.warehouse, T.SILVER_EVENTS, [S.EVENT_KEY]
             )
-    _step("requarantine")
 
     T.merge_upsert(
         spark,
@@ -207,7 +195,6 @@ def ingest_batch(
         T.SILVER_EVENT_HOURS,
         keys=[S.USER_ID, S.HOUR, S.SOURCE_FILE],
     )
-    _step("hours")
 
     _update_interactions(spark, cfg, accepted.select(S.USER_ID).distinct(), bots)
     return {
