@@ -145,8 +145,10 @@ def test_spark_submit_without_delta_stops_with_one_line_naming_the_fix(tmp_path:
         timeout=300,
     )
     seconds = time.perf_counter() - t0
-    # The JVM's log lines share stderr with Python's: find the line, wherever it starts.
-    errors = re.findall(r"recspark: error: [^\n]*", proc.stderr)
+    # spark-submit's PythonRunner merges the Python process's stderr into its own stdout, and
+    # the JVM's log lines go to stderr: look in both.
+    output = proc.stdout + proc.stderr
+    errors = re.findall(r"recspark: error: [^\n]*", output)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(errors) == 1, proc.stderr[-3000:]
     assert "Delta Lake is not on the Spark classpath" in errors[0]
@@ -154,5 +156,5 @@ def test_spark_submit_without_delta_stops_with_one_line_naming_the_fix(tmp_path:
     jars = cached_jars()
     if jars:
         assert f"--jars {','.join(jars)}" in errors[0]
-    assert "JavaPackage" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "JavaPackage" not in output and "Traceback" not in output
     assert seconds < 120, seconds
