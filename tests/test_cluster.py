@@ -536,6 +536,9 @@ def _overrides(tmp: Path) -> list[str]:
         "spark.configure_delta_jars=false",
         "spark.shuffle_partitions=2",
         "spark.ui=false",
+        # conf/cluster.yaml names a tracking server; here the local SQLite store under the
+        # warehouse's file location stands in for it (the driver logs and registers the model).
+        "mlflow.tracking_uri=null",
         # One task loads the model (each Python worker that embeds loads its own copy).
         "embed.num_partitions=1",
         # Horovod (Gloo, CPU) on the standalone master: 2 processes = the worker's 2 cores, all

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -467,3 +468,21 @@ def test_promote_moves_the_champion_only_to_a_better_version(
     moved = promote(spark, cfg)  # the newest: version 3, better
     assert moved["promoted"] and moved["champion"] == "3", moved
     assert str(client.get_model_version_by_alias("recspark", "champion").version) == "3"
+
+
+def test_the_model_carries_recspark_code_from_a_folder_or_a_py_files_zip(tmp_path: Path) -> None:
+    from recspark.registry.pyfunc import package_folder
+
+    pkg = tmp_path / "src" / "recspark"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "m.py").write_text("X = 1\n")
+    assert package_folder(str(pkg), str(tmp_path / "scratch")) == str(pkg)
+    archive = tmp_path / "recspark-0.1.0.zip"  # as spark-submit --py-files ships it
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(pkg / "__init__.py", "recspark/__init__.py")
+        z.write(pkg / "sub" / "m.py", "recspark/sub/m.py")
+        z.writestr("other/x.py", "")
+    got = Path(package_folder(f"{archive}/recspark", str(tmp_path / "scratch")))
+    assert got.name == "recspark" and (got / "sub" / "m.py").read_text() == "X = 1\n"
+    assert not (tmp_path / "scratch" / "other").exists()

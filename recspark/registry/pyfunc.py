@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import tempfile
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import pandas as pd
 from mlflow.pyfunc.model import PythonModel
 
 import recspark
+from recspark.errors import ModelError
 from recspark.registry.scorer import (
     HISTORY,
     ITEM_IDS,
@@ -99,15 +102,35 @@ def save(
     }
     for tower in towers:
         artifacts[f"towers_{Path(tower).stem}"] = tower
-    mlflow.pyfunc.save_model(
-        path=str(path),
-        python_model=RecsparkRecommender(),
-        artifacts=artifacts,
-        signature=signature,
-        input_example=frame,
-        code_paths=[os.path.dirname(recspark.__file__)],
-        pip_requirements=_requirements(),
-    )
+    with tempfile.TemporaryDirectory(prefix="recspark-code-") as scratch:
+        mlflow.pyfunc.save_model(
+            path=str(path),
+            python_model=RecsparkRecommender(),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=frame,
+            code_paths=[package_folder(os.path.dirname(recspark.__file__), scratch)],
+            pip_requirements=_requirements(),
+        )
+
+
+def package_folder(package_dir: str, scratch: str) -> str:
+    """A folder holding the recspark package, to copy into the model (``code_paths``).
+
+    Installed or in a source tree, that is the package folder itself. Shipped with
+    ``spark-submit --py-files recspark.zip``, the package lives inside the archive
+    (``.../recspark.zip/recspark``), which MLflow cannot copy: its files are extracted under
+    ``scratch`` first.
+    """
+    if os.path.isdir(package_dir):
+        return package_dir
+    archive, _, inner = package_dir.replace(os.sep, "/").partition(".zip/")
+    if not inner:
+        raise ModelError(f"cannot find recspark's code to log with the model: {package_dir}")
+    prefix = inner.rstrip("/") + "/"
+    with zipfile.ZipFile(archive + ".zip") as z:
+        z.extractall(scratch, [n for n in z.namelist() if n.startswith(prefix)])
+    return os.path.join(scratch, *prefix.rstrip("/").split("/"))
 
 
 __all__ = ["ITEM_IDS", "SCORES", "RecsparkRecommender", "save"]
