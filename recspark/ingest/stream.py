@@ -15,6 +15,9 @@ and the next run does it again, ending with the tables an uninterrupted run writ
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -51,6 +54,39 @@ _COUNTS = (
     "quarantine_inserted",
     "requarantined",
 )
+
+
+# Loggers that print a failed batch's whole Java and Python stack (py4j's callback server, and
+# Spark's stream execution): the run reports the batch's own error in one line instead.
+_QUERY_JVM_LOGGERS = ("org.apache.spark.sql.execution.streaming", "org.apache.spark.sql.streaming")
+_QUERY_PY_LOGGERS = ("py4j.clientserver", "py4j.java_gateway")
+
+
+@contextmanager
+def _quiet_query_logs(spark: SparkSession) -> Iterator[None]:
+    """Silence the stack traces a failing ``foreachBatch`` makes py4j and Spark print, for the
+    query's duration; the caller raises the batch's own error (one line at the CLI)."""
+    py_levels = {n: logging.getLogger(n).level for n in _QUERY_PY_LOGGERS}
+    for name in _QUERY_PY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    jvm_levels: dict[str, Any] = {}
+    try:
+        log4j = spark._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
+        off = log4j.Level.getLevel("OFF")
+        for name in _QUERY_JVM_LOGGERS:
+            jvm_levels[name] = log4j.LogManager.getLogger(name).getLevel()
+            log4j.core.config.Configurator.setLevel(name, off)
+    except Exception:  # Spark Connect or another logging backend: leave the logs as they are
+        jvm_levels = {}
+    try:
+        yield
+    finally:
+        for name, level in py_levels.items():
+            logging.getLogger(name).setLevel(level)
+        if jvm_levels:
+            log4j = spark._jvm.org.apache.logging.log4j  # type: ignore[union-attr]
+            for name, level in jvm_levels.items():
+                log4j.core.config.Configurator.setLevel(name, level)
 
 
 def rewritten_files(spark: SparkSession, checkpoint: str, files: list[str]) -> list[str]:
@@ -287,7 +323,8 @@ def run_events(
         .start()
     )
     try:
-        query.awaitTermination()
+        with _quiet_query_logs(spark):
+            query.awaitTermination()
     except Exception as e:
         if failures:
             raise failures[0] from e
