@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from recspark import schema as S
 from recspark import tables as T
 from recspark.config import Config
-from recspark.errors import InputError
+from recspark.errors import ConcurrentWriteError, InputError
 from recspark.ingest import incremental as N
 from recspark.ingest import transforms as X
 from recspark.ingest.job import BROADCAST_TEXT_LOOKUPS, EVENT_STATS, reconcile, summarize
@@ -60,6 +60,8 @@ _COUNTS = (
 # Spark's stream execution): the run reports the batch's own error in one line instead.
 _QUERY_JVM_LOGGERS = ("org.apache.spark.sql.execution.streaming", "org.apache.spark.sql.streaming")
 _QUERY_PY_LOGGERS = ("py4j.clientserver", "py4j.java_gateway")
+# What Spark says when a query on the same checkpoint is already active.
+_CONCURRENT_QUERY = ("ConcurrentModificationException", "concurrently using", "already active")
 
 
 @contextmanager
@@ -315,19 +317,24 @@ def run_events(
             by[reason] = by.get(reason, 0) + n
         log.info("ingest events batch %d: %s", batch_id, json.dumps(counts, sort_keys=True))
 
-    query = (
+    writer = (
         read_stream_raw(spark, cfg.input.events, cfg.ingest.stream_source)
         .writeStream.foreachBatch(each)
         .option("checkpointLocation", checkpoint)
         .trigger(availableNow=True)
-        .start()
     )
     try:
+        query = writer.start()
         with _quiet_query_logs(spark):
             query.awaitTermination()
     except Exception as e:
         if failures:
             raise failures[0] from e
+        if any(m in str(e) for m in _CONCURRENT_QUERY):  # a second query on one checkpoint
+            raise ConcurrentWriteError(
+                f"another ingest is reading the same event stream (checkpoint {checkpoint}); "
+                "run again when it has finished"
+            ) from e
         raise
     if failures:
         raise failures[0]
