@@ -211,6 +211,13 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         if ec.validation_only:
             notes.append("validation only: the test split left out, its training part split again")
         exclude = cfg.recommend.exclude_seen
+        baseline_params = eval_score_params(
+            cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=False
+        )
+
+        def baseline_recs(uv: DataFrame, iv: DataFrame, version: str) -> DataFrame:
+            """A factor baseline's (ALS, content) top-K through recommend's kernel."""
+            return kernel_recs(uv, iv, train, items, users, baseline_params, version, run_id)
 
         for model in ec.models:
             if model == "popularity":
@@ -233,35 +240,13 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
                 uv, iv = als_factors(train, best)
                 versions[model] = f"als-rank{best.rank}-reg{best.reg}"
                 notes.append(f"ALS: rank={best.rank}, reg={best.reg} (best validation NDCG@{kmax})")
-                recs = kernel_recs(
-                    uv,
-                    iv,
-                    train,
-                    items,
-                    users,
-                    eval_score_params(
-                        cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=False
-                    ),
-                    versions[model],
-                    run_id,
-                )
+                recs = baseline_recs(uv, iv, versions[model])
             elif model == "content":
                 if text is None:  # cannot happen: read above whenever content is evaluated
                     raise StageNotReadyError("evaluate: model 'content' needs item embeddings")
                 uv, iv = content_vectors(train, text)
                 versions[model] = "content"
-                recs = kernel_recs(
-                    uv,
-                    iv,
-                    train,
-                    items,
-                    users,
-                    eval_score_params(
-                        cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=False
-                    ),
-                    versions[model],
-                    run_id,
-                )
+                recs = baseline_recs(uv, iv, versions[model])
             else:  # recspark
                 tev = train_events(events, split)
                 model_dir = cfg.locations().model_dir(f"evaluate/{run_id}")
