@@ -62,6 +62,9 @@ def spark_settings(
         # Spark's own redaction (UI, event logs, spark-submit --verbose) with recspark's
         # pattern, which also covers SAS tokens and account keys (Spark's default does not).
         "spark.redaction.regex": SECRET_KEY_PATTERN,
+        # A second ingest on the same stream checkpoint is refused (ConcurrentWriteError),
+        # instead of stopping the running one mid-batch (Spark's default).
+        "spark.sql.streaming.stopActiveRunOnRestart": "false",
     }
     if cfg.driver_memory:
         conf["spark.driver.memory"] = cfg.driver_memory

@@ -19,7 +19,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from recspark import schema as S
 from recspark import tables as T
 from recspark.config import Config, load_config
-from recspark.errors import ConfigError
+from recspark.errors import ConcurrentWriteError, ConfigError
 from recspark.ingest import incremental as N
 from recspark.ingest import stream
 from recspark.ingest import transforms as X
@@ -253,3 +253,29 @@ def test_ingest_mode_is_validated_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=rf"{bad}: key 'ingest.stream_source'"):
         load_config(bad)
     assert load_config(None, []).ingest.mode == "incremental"
+
+
+@pytest.mark.slow
+def test_an_ingest_on_a_checkpoint_in_use_is_refused_and_the_running_query_goes_on(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """Spark stops a running query when another starts on its checkpoint (its default); the
+    named query makes the second ingest fail with ConcurrentWriteError instead."""
+    from recspark.ingest.job import run as ingest
+
+    _write(tmp_path / "items", "items.jsonl", [json.dumps(i) for i in ITEMS])
+    _write(tmp_path / "inbox", "day-1.jsonl", BATCHES[0])
+    cfg = _cfg(tmp_path, str(tmp_path / "wh"), tmp_path / "inbox")
+    name = stream.query_name(cfg.locations().stream_checkpoint("events"))
+    assert name == stream.query_name(cfg.locations().stream_checkpoint("events") + "/")
+    assert name != stream.query_name(str(tmp_path / "other"))
+    running = (
+        spark.readStream.format("rate").load().writeStream.format("noop").queryName(name).start()
+    )
+    try:
+        with pytest.raises(ConcurrentWriteError, match="another ingest"):
+            ingest(spark, cfg)
+        assert running.isActive
+    finally:
+        running.stop()
+    assert ingest(spark, cfg)["events"]["batches"] == 1

@@ -14,6 +14,7 @@ and the next run does it again, ending with the tables an uninterrupted run writ
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -62,6 +63,14 @@ _QUERY_JVM_LOGGERS = ("org.apache.spark.sql.execution.streaming", "org.apache.sp
 _QUERY_PY_LOGGERS = ("py4j.clientserver", "py4j.java_gateway")
 # What Spark says when a query on the same checkpoint is already active.
 _CONCURRENT_QUERY = ("ConcurrentModificationException", "concurrently using", "already active")
+
+
+def query_name(checkpoint: str) -> str:
+    """The stream query's name: one per checkpoint. Spark refuses to start a second query of
+    that name while one is active in the session (it would otherwise stop the running one, as
+    ``spark.sql.streaming.stopActiveRunOnRestart`` says, mid-batch)."""
+    digest = hashlib.sha1(checkpoint.rstrip("/").encode()).hexdigest()[:12]
+    return f"recspark_ingest_events_{digest}"
 
 
 @contextmanager
@@ -320,6 +329,7 @@ def run_events(
     writer = (
         read_stream_raw(spark, cfg.input.events, cfg.ingest.stream_source)
         .writeStream.foreachBatch(each)
+        .queryName(query_name(checkpoint))
         .option("checkpointLocation", checkpoint)
         .trigger(availableNow=True)
     )
@@ -336,8 +346,11 @@ def run_events(
                 "run again when it has finished"
             ) from e
         raise
-    if failures:
-        raise failures[0]
+    if failures:  # the query ended without an error, yet a batch failed: it was stopped
+        raise ConcurrentWriteError(
+            f"the ingest query on {checkpoint} was stopped while it wrote a batch (another "
+            f"query started on the same checkpoint stops a running one); run again"
+        ) from failures[0]
     total["quarantined_by_reason"] = dict(sorted(total["quarantined_by_reason"].items()))
     return {
         "input": "events",
