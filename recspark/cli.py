@@ -30,6 +30,7 @@ from recspark.log import LEVELS, get_logger, set_level
 from recspark.progress import progress
 from recspark.session import configure, require_delta
 from recspark.storage import local_path, local_warehouse_dir
+from recspark.summary import StageSummary
 
 STAGES: tuple[str, ...] = ("generate", "ingest", "embed", "train", "recommend", "evaluate")
 # What `recspark run` runs, in order (it never generates or overwrites input).
@@ -129,7 +130,7 @@ def build_session(cfg: Config) -> SparkSession:
 
 def run_stages(
     names: Sequence[str], cfg: Config, spark: SparkSession | None = None, report: bool = False
-) -> list[dict[str, Any]]:
+) -> list[StageSummary]:
     """Run stages in order on one session and print each stage's summary as a JSON line.
 
     With ``report``, write the run's HTML report under the warehouse and print its path.
@@ -138,17 +139,17 @@ def run_stages(
     log = get_logger()
     own = spark is None
     session = build_session(cfg) if spark is None else spark
-    summaries: list[dict[str, Any]] = []
+    summaries: list[StageSummary] = []
     try:
         for name in names:
             t0 = time.perf_counter()
             log.info("%s: started (run %s)", name, cfg.run_id)
             with progress(session, name):
-                summary = dict(stage_function(name)(session, cfg))
-            summary.setdefault("stage", name)
-            summary["seconds"] = round(time.perf_counter() - t0, 2)
+                figures = stage_function(name)(session, cfg)
+            seconds = time.perf_counter() - t0
+            summary = StageSummary.of(name, str(cfg.run_id), seconds, figures)
             summaries.append(summary)
-            print(json.dumps(summary, default=str, sort_keys=True), flush=True)
+            print(summary.to_json(), flush=True)
         if report:
             from recspark.reporting.writer import write_run_report
 

@@ -53,8 +53,8 @@ def test_pipeline_end_to_end_keeps_the_contract(spark: SparkSession, tmp_path: P
     assert cfg.evaluate == dataclasses.replace(EvaluateConfig(), **small_als)
     k = cfg.recommend.k
     summaries = run_stages(["generate", *PIPELINE], cfg, spark=spark)
-    assert [s["stage"] for s in summaries] == ["generate", *PIPELINE]
-    train = next(s for s in summaries if s["stage"] == "train")
+    assert [s.stage for s in summaries] == ["generate", *PIPELINE]
+    train = next(s.figures for s in summaries if s.stage == "train")
     assert train["metrics"]["train_examples"] + train["metrics"]["valid_examples"] > 0
 
     read = lambda name: spark.read.format("delta").load(f"{wh}/{name}")  # noqa: E731

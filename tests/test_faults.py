@@ -518,7 +518,7 @@ def test_train_killed_after_a_checkpoint_resumes_from_it_and_a_corrupt_one_fails
     assert not [p for p in (Path(bad) / "models").iterdir() if not p.name.endswith(".partial")]
 
     capsys.readouterr()
-    [summary] = run_stages(["train"], pipeline.config(wh), spark=spark)
+    [summary] = [s.figures for s in run_stages(["train"], pipeline.config(wh), spark=spark)]
     assert summary["resumed_from"] == killed_at  # the checkpoint it was killed after
     assert f"from checkpoint {ckpt} ({killed_at})" in capsys.readouterr().err
     assert Path(summary["model_dir"]).is_dir()

@@ -25,6 +25,7 @@ from recspark.ingest import transforms as X
 from recspark.ingest.job import run as ingest
 from recspark.io import input_errors, read_raw
 from recspark.reporting.writer import write_run_report
+from recspark.summary import StageSummary
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).parent / "data" / "bad_inputs"
@@ -148,7 +149,8 @@ def test_secrets_never_reach_logs_tables_or_the_report(
 ) -> None:
     cfg = corpus_run.cfg
     assert cfg.spark.conf == SECRETS  # the dotted keys arrived whole, the values unchanged
-    path = write_run_report(spark, cfg, [{**corpus_run.summary, "stage": "ingest"}])
+    summary = StageSummary.of("ingest", str(corpus_run.summary["run_id"]), 1.0, corpus_run.summary)
+    path = write_run_report(spark, cfg, [summary])
     page = Path(path).read_text(encoding="utf-8")
     assert "spark.conf.spark.hadoop.fs.s3a.secret.key" in page and "***" in page
     texts = {

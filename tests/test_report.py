@@ -20,6 +20,7 @@ from recspark.reporting.page import build_run_report, esc, fmt, html_table
 from recspark.reporting.writer import report_path, write_run_report
 from recspark.schema import METRICS_SCHEMA
 from recspark.storage import locations
+from recspark.summary import StageSummary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -81,6 +82,13 @@ HISTORY: list[dict[str, Any]] = [
 ]
 
 
+def _summaries(*stages: dict[str, Any]) -> list[StageSummary]:
+    """Summaries as ``cli.run_stages`` returns them, from plain dicts with a ``stage`` key."""
+    return [
+        StageSummary.of(d["stage"], d.get("run_id", "r1"), d.get("seconds", 1.0), d) for d in stages
+    ]
+
+
 def metrics_pdf() -> pd.DataFrame:
     rows = [
         ("recspark", "ndcg", 10, 0.30),
@@ -104,7 +112,9 @@ def section_ids(page: str) -> list[str]:
 
 
 def test_full_report_holds_every_section_and_plot() -> None:
-    page = build_run_report([INGEST, EMBED, TRAIN, RECOMMEND, EVALUATE], metrics_pdf(), HISTORY)
+    page = build_run_report(
+        _summaries(INGEST, EMBED, TRAIN, RECOMMEND, EVALUATE), metrics_pdf(), HISTORY
+    )
     assert page.startswith("<!DOCTYPE html>")
     assert section_ids(page) == ["stages", "quality", "embed", "train", "recommend", "metrics"]
     imgs = images(page)
@@ -144,7 +154,7 @@ def test_secrets_never_reach_the_report() -> None:
         "mlflow": {"tracking_uri": "https://me:S3CRET-3@mlflow.example:5000"},
     }
     train = {**TRAIN, "model_dir": "s3a://me:S3CRET-4@bucket/models/v"}
-    page = build_run_report([INGEST, train], None, None, settings=settings)
+    page = build_run_report(_summaries(INGEST, train), None, None, settings=settings)
     assert "S3CRET" not in page
     assert section_ids(page)[-1] == "config"
     assert "<td>spark.conf.spark.hadoop.fs.s3a.secret.key</td><td>***</td>" in page
@@ -156,23 +166,26 @@ def test_secrets_never_reach_the_report() -> None:
 def test_reconciliation_failure_is_flagged() -> None:
     bad = json.loads(json.dumps(INGEST))
     bad["events"]["duplicates"] = 2  # 90 + 7 + 2 != 100
-    page = build_run_report([bad], None, None)
+    page = build_run_report(_summaries(bad), None, None)
     assert "<td>NO</td>" in page
 
 
 def test_missing_stages_leave_their_sections_out() -> None:
-    page = build_run_report([INGEST], None, None)
+    page = build_run_report(_summaries(INGEST), None, None)
     assert section_ids(page) == ["stages", "quality"]
     assert set(images(page)) == {"data quality"}
 
-    page = build_run_report([EMBED, TRAIN], None, None)  # train without history: figures only
+    # train without history: figures only
+    page = build_run_report(_summaries(EMBED, TRAIN), None, None)
     assert section_ids(page) == ["stages", "embed", "train"]
     assert images(page) == {}
 
-    page = build_run_report([], metrics_pdf(), None)
+    page = build_run_report(_summaries(), metrics_pdf(), None)
     assert section_ids(page) == ["metrics"]
 
-    page = build_run_report([], pd.DataFrame(columns=["model", "metric", "k", "value"]), [])
+    page = build_run_report(
+        _summaries(), pd.DataFrame(columns=["model", "metric", "k", "value"]), []
+    )
     assert section_ids(page) == []
 
 
@@ -184,7 +197,7 @@ def test_every_text_is_escaped() -> None:
     metrics = metrics_pdf()
     metrics.loc[0, "model"] = evil
     page = build_run_report(
-        [ingest, embed, {**EVALUATE, "report": evil}], metrics, None, title=f"t {evil}"
+        _summaries(ingest, embed, {**EVALUATE, "report": evil}), metrics, None, title=f"t {evil}"
     )
     assert "<script>" not in page
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
@@ -222,7 +235,7 @@ def test_helpers_order_and_validate() -> None:
         ("validate", 2),
         ("final", 1),
     ]
-    assert by_stage([{"stage": "a", "x": 1}, {"stage": "a", "x": 2}])["a"]["x"] == 2
+    assert by_stage(_summaries({"stage": "a", "x": 1}, {"stage": "a", "x": 2}))["a"]["x"] == 2
     assert report_path(locations("s3a://b/wh/", None), "r1") == "s3a://b/wh/reports/r1/run.html"
     volume = locations("c.s", "/Volumes/c/s/v")
     assert report_path(volume, "r1") == "/Volumes/c/s/v/reports/r1/run.html"
@@ -247,7 +260,7 @@ def test_write_run_report_gathers_metrics_and_history(
     (model_dir / "meta.json").write_text(json.dumps({"history": HISTORY}))
     secret = "spark.conf.spark.hadoop.fs.s3a.secret.key=XYZ-123"
     cfg = load_config(None, [f"warehouse={warehouse}", "run_id=r1", secret])
-    summaries = [INGEST, {**TRAIN, "model_dir": str(model_dir)}, EVALUATE]
+    summaries = _summaries(INGEST, {**TRAIN, "model_dir": str(model_dir)}, EVALUATE)
 
     path = write_run_report(spark, cfg, summaries)
 
@@ -264,7 +277,7 @@ def test_write_run_report_gathers_metrics_and_history(
 
 def test_write_run_report_without_evaluate_or_model(spark: SparkSession, warehouse: str) -> None:
     cfg = load_config(None, [f"warehouse={warehouse}", "run_id=r2"])
-    path = write_run_report(spark, cfg, [EMBED, TRAIN])  # model_dir does not exist
+    path = write_run_report(spark, cfg, _summaries(EMBED, TRAIN))  # model_dir does not exist
     page = Path(path).read_text(encoding="utf-8")
     assert section_ids(page) == ["stages", "embed", "train", "config"]
     assert images(page) == {}
@@ -285,3 +298,15 @@ def test_figures_have_one_panel_per_metric_and_curve() -> None:
     assert lines == {"validate": [3.0, 2.5], "final": [2.0]}
     assert [ln.get_label() for ln in valid.get_lines()] == ["val_ndcg_at_10"]
     assert len(training_figure(history_frame([{"epoch": 1, "train_loss": 1.0}])).axes) == 1
+
+
+def test_a_stage_summary_owns_its_name_run_and_seconds() -> None:
+    s = StageSummary.of("ingest", "r2", 3.14159, {"stage": "x", "run_id": "r0", "read": 5})
+    assert (s.stage, s.run_id, s.seconds, dict(s.figures)) == ("ingest", "r2", 3.14, {"read": 5})
+    assert s.to_dict() == {"read": 5, "stage": "ingest", "run_id": "r2", "seconds": 3.14}
+    assert json.loads(s.to_json()) == s.to_dict()
+    assert s.get("read") == 5 and s.get("nothing", 0) == 0
+    with pytest.raises(TypeError):
+        s.figures["read"] = 6  # type: ignore[index]
+    with pytest.raises(ValueError, match="seconds"):
+        StageSummary("train", "r2", 1.0, {"seconds": 2.0})

@@ -188,7 +188,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     users_total = _count(interactions.select(USER_ID).distinct())
 
     return {
-        "stage": "embed",
         "model_name": settings.model_name,
         "model_path": settings.model_path,
         "items_total": items_total,

@@ -300,7 +300,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             notes=[f"split: {split_counts}", *notes],
         )
     summary: dict[str, Any] = {
-        "stage": "evaluate",
         "run_id": run_id,
         "split": split_counts,
         "metrics": {f"{r.model}/{r.metric}@{r.k}": round(r.value, 5) for r in rows},

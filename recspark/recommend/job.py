@@ -110,7 +110,6 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
 
     served = mark_served(cfg, model_version, registered)
     return {
-        "stage": "recommend",
         "run_id": run_id,
         "model_version": model_version,
         "rows": int(stats["rows"]) if stats else 0,

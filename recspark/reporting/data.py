@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from recspark.errors import SchemaError
+from recspark.summary import StageSummary
 
 METRIC_COLUMNS: tuple[str, ...] = ("model", "metric", "k", "value")
 # Baselines first, then the model under test: the column and bar order of every report.
@@ -28,14 +29,9 @@ class MetricRow:
     value: float
 
 
-def by_stage(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    """The last summary of each stage, by the summary's ``stage`` (ingest's has ``events``)."""
-    out: dict[str, Mapping[str, Any]] = {}
-    for s in summaries:
-        stage = s.get("stage") or ("ingest" if "events" in s and "items" in s else None)
-        if stage:
-            out[str(stage)] = s
-    return out
+def by_stage(summaries: Sequence[StageSummary]) -> dict[str, Mapping[str, Any]]:
+    """The figures of each stage's last summary, by stage name."""
+    return {s.stage: s.figures for s in summaries}
 
 
 def ordered_models(models: Sequence[str]) -> list[str]:

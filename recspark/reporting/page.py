@@ -7,6 +7,7 @@ A stage that did not run leaves its section out.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import typing
@@ -29,6 +30,7 @@ from recspark.reporting.figures import (
     quality_figure,
     training_figure,
 )
+from recspark.summary import StageSummary
 
 if typing.TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -87,8 +89,8 @@ def _section(title: str, anchor: str, body: str) -> str:
     return f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>{body}</section>'
 
 
-def _overview(summaries: Sequence[Mapping[str, Any]]) -> str:
-    rows = [(str(s.get("stage", "")), s.get("seconds")) for s in summaries]
+def _overview(summaries: Sequence[StageSummary]) -> str:
+    rows = [(s.stage, s.seconds) for s in summaries]
     return _section("Stages", "stages", html_table(["stage", "seconds"], rows))
 
 
@@ -183,7 +185,7 @@ def _metrics(metrics: pd.DataFrame, evaluate: Mapping[str, Any] | None) -> str:
 
 
 def _recommend(rec: Mapping[str, Any]) -> str:
-    keys = [k for k in rec if k not in ("stage", "seconds") and not isinstance(rec[k], Mapping)]
+    keys = [k for k in rec if not isinstance(rec[k], Mapping)]
     return _section("Recommendations", "recommend", _key_values(rec, keys))
 
 
@@ -197,7 +199,7 @@ def _configuration(settings: Mapping[str, Any]) -> str:
 
 
 def build_run_report(
-    summaries: list[dict[str, Any]],
+    summaries: Sequence[StageSummary],
     metrics: pd.DataFrame | None,
     training_history: list[dict[str, Any]] | None,
     *,
@@ -213,7 +215,7 @@ def build_run_report(
             ``value``), or None when evaluate did not run.
         training_history: the per-epoch rows of training (``phase``, ``epoch``,
             ``train_loss``, ``val_*``), or None.
-        run_id: shown in the title; default: the first ``run_id`` in ``summaries``.
+        run_id: shown in the title; default: the run id of the first summary.
         title: the page title.
         settings: the run's configuration as plain data (``config.to_dict``), shown last.
 
@@ -225,9 +227,12 @@ def build_run_report(
     """
     from recspark.config import redact_tree
 
-    summaries = [typing.cast(dict[str, Any], redact_tree(s)) for s in summaries]
+    summaries = [
+        dataclasses.replace(s, figures=typing.cast(dict[str, Any], redact_tree(dict(s.figures))))
+        for s in summaries
+    ]
     stages = by_stage(summaries)
-    rid = run_id or next((str(s["run_id"]) for s in summaries if s.get("run_id")), None)
+    rid = run_id or next((s.run_id for s in summaries if s.run_id), None)
     heading = f"{title} — run {rid}" if rid else title
     parts = [
         "<!DOCTYPE html>",

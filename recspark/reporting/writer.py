@@ -17,6 +17,7 @@ from recspark.reporting.data import MetricRow, by_stage
 from recspark.reporting.figures import metrics_figure, png_bytes
 from recspark.reporting.page import build_run_report, evaluation_markdown
 from recspark.storage import Locations
+from recspark.summary import StageSummary
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -101,7 +102,7 @@ def read_training_history(spark: SparkSession, model_dir: str) -> list[dict[str,
     return [dict(h) for h in history] if isinstance(history, list) else None
 
 
-def write_run_report(spark: SparkSession, cfg: Config, summaries: list[dict[str, Any]]) -> str:
+def write_run_report(spark: SparkSession, cfg: Config, summaries: Sequence[StageSummary]) -> str:
     """Gather the run's metrics and training history, write the HTML report, return its path.
 
     Metrics are the ``gold/metrics`` rows of ``cfg.run_id`` (when evaluate ran); the history is
@@ -111,7 +112,7 @@ def write_run_report(spark: SparkSession, cfg: Config, summaries: list[dict[str,
     from recspark.config import to_dict
 
     stages = by_stage(summaries)
-    run_id = cfg.run_id or next((str(s["run_id"]) for s in summaries if s.get("run_id")), None)
+    run_id = cfg.run_id or next((s.run_id for s in summaries if s.run_id), None)
     run_id = run_id or str(cfg.with_run_id().run_id)
     metrics = read_metrics(spark, cfg.warehouse, run_id) if "evaluate" in stages else None
     history = None
