@@ -9,6 +9,8 @@ the training split only); writes one row per (model, metric, k) of the run into
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +27,7 @@ from recspark.evaluate.baselines import (
     content_vectors,
     popularity_recs,
 )
+from recspark.evaluate.config import EvaluateConfig
 from recspark.evaluate.metrics import VALUE, ranking_metrics, unit_vectors
 from recspark.evaluate.split import TEST, TRAIN, chronological_holdout, train_events
 from recspark.log import get_logger
@@ -150,144 +153,251 @@ def select_als(
         split.unpersist()
 
 
-def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Evaluate the configured models; write ``gold/metrics`` and the report."""
-    ec = cfg.evaluate
-    wh = cfg.warehouse
-    cfg = cfg.with_run_id()
-    run_id = str(cfg.run_id)
-    kmax = max(ec.ks)
-    interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
-    items = tables.read(spark, wh, tables.SILVER_ITEMS)
-    # Text embeddings: the content baseline, and every model's intra-list diversity.
-    emb_table = tables.ref(wh, tables.GOLD_ITEM_EMBEDDINGS)
-    text = (
-        unit_vectors(tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)).cache()
-        if "content" in ec.models or tables.exists(spark, emb_table)
-        else None
-    )
-    split_id = split_identity(
-        tables.version(spark, tables.ref(wh, tables.SILVER_INTERACTIONS)),
-        ec.holdout_fraction,
-        ec.min_train,
-    )
-    api: Any = None
-    if "recspark" in ec.models:
-        try:
-            from recspark.train import api as train_api
-        except ImportError as e:
-            raise StageNotReadyError(
-                f"evaluate: model 'recspark' needs recspark.train.api ({e}); set "
-                "evaluate.models to the baselines only to run without it"
-            ) from e
-        api = train_api
-        events = tables.read(spark, wh, tables.SILVER_EVENTS)
-        embeddings = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
-    if ec.validation_only:  # the test split is left out; its training part is split again
+@dataclass(frozen=True)
+class Holdout:
+    """The evaluation's cut: what models learn from and what they are scored on.
+
+    Attributes:
+        split: interactions with a ``split`` column (cached: unpersist when done).
+        train: the training part; test: the held-out part; users: the users of ``test``.
+        catalog: every item (``item_id``); cold: items without a training interaction.
+        events: the training part's events (for recspark's model), or None.
+        counts: rows per side, e.g. ``{"train": 80, "test": 20}``.
+    """
+
+    split: DataFrame
+    train: DataFrame
+    test: DataFrame
+    users: DataFrame
+    catalog: DataFrame
+    cold: DataFrame
+    events: DataFrame | None
+    counts: dict[str, int]
+
+
+def _trainer() -> Any:
+    """recspark's trainer (torch, petastorm): imported only when recspark is evaluated."""
+    try:
+        from recspark.train import api
+    except ImportError as e:
+        raise StageNotReadyError(
+            f"evaluate: model 'recspark' needs recspark.train ({e}); set "
+            "evaluate.models to the baselines only to run without it"
+        ) from e
+    return api
+
+
+def holdout(
+    interactions: DataFrame, items: DataFrame, events: DataFrame | None, ec: EvaluateConfig
+) -> Holdout:
+    """Cut ``interactions`` chronologically (twice with ``ec.validation_only``: the test split is
+    left out and its training part is cut again); ``events`` follow the training part."""
+    if ec.validation_only:
         outer = chronological_holdout(
             interactions, fraction=ec.holdout_fraction, min_train=ec.min_train
         )
-        if api is not None:
+        if events is not None:
             events = train_events(events, outer)
         interactions = outer.where(F.col(SPLIT) == TRAIN).drop(SPLIT)
-
     split = chronological_holdout(
         interactions, fraction=ec.holdout_fraction, min_train=ec.min_train
     ).cache()
-    rows: list[MetricRow] = []
-    versions: dict[str, str] = {}
-    notes: list[str] = []
-    try:
-        train = split.where(F.col(SPLIT) == TRAIN).drop(SPLIT).cache()
-        test = split.where(F.col(SPLIT) == TEST).drop(SPLIT).cache()
-        users = test.select(USER_ID).distinct().cache()
-        catalog = items.select(ITEM_ID).unionByName(interactions.select(ITEM_ID)).distinct()
-        cold = catalog.join(train.select(ITEM_ID).distinct(), ITEM_ID, "left_anti")
-        split_counts = {
-            r[SPLIT]: int(r["n"])
-            for r in split.groupBy(SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()
-        }
-        _log(f"split {split_counts}" + (" (validation only)" if ec.validation_only else ""))
-        if ec.validation_only:
-            notes.append("validation only: the test split left out, its training part split again")
-        exclude = cfg.recommend.exclude_seen
-        baseline_params = eval_score_params(
-            cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=False
+    train = split.where(F.col(SPLIT) == TRAIN).drop(SPLIT).cache()
+    test = split.where(F.col(SPLIT) == TEST).drop(SPLIT).cache()
+    catalog = items.select(ITEM_ID).unionByName(interactions.select(ITEM_ID)).distinct()
+    counts = {
+        r[SPLIT]: int(r["n"])
+        for r in split.groupBy(SPLIT).agg(F.count(F.lit(1)).alias("n")).collect()
+    }
+    return Holdout(
+        split=split,
+        train=train,
+        test=test,
+        users=test.select(USER_ID).distinct().cache(),
+        catalog=catalog,
+        cold=catalog.join(train.select(ITEM_ID).distinct(), ITEM_ID, "left_anti"),
+        events=train_events(events, split) if events is not None else None,
+        counts=counts,
+    )
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every model's top-K needs in one evaluation."""
+
+    spark: SparkSession
+    cfg: Config
+    run_id: str
+    cut: Holdout
+    items: DataFrame
+    text: DataFrame | None
+    embeddings: DataFrame | None
+
+    def params(self, *, cold_items: bool, exclude_seen: bool | None = None) -> ScoreParams:
+        exclude = self.cfg.recommend.exclude_seen if exclude_seen is None else exclude_seen
+        k = max(self.cfg.evaluate.ks)
+        return eval_score_params(
+            self.cfg.recommend, k=k, exclude_seen=exclude, cold_items=cold_items
         )
 
-        def baseline_recs(uv: DataFrame, iv: DataFrame, version: str) -> DataFrame:
-            """A factor baseline's (ALS, content) top-K through recommend's kernel."""
-            return kernel_recs(uv, iv, train, items, users, baseline_params, version, run_id)
+    def baseline_recs(self, uv: DataFrame, iv: DataFrame, version: str) -> DataFrame:
+        """A factor baseline's (ALS, content) top-K through recommend's kernel."""
+        c = self.cut
+        p = self.params(cold_items=False)
+        return kernel_recs(uv, iv, c.train, self.items, c.users, p, version, self.run_id)
 
-        for model in ec.models:
-            if model == "popularity":
-                recs = popularity_recs(train, users, k=kmax, exclude_seen=exclude)
-                versions[model] = "popularity"
-            elif model == "als":
-                grid = als_grid(ec.als_ranks, ec.als_reg, ec.als_max_iter, ec.als_alpha, cfg.seed)
-                best, _scores = select_als(
-                    train,
-                    items,
-                    catalog,
-                    grid,
-                    fraction=ec.holdout_fraction,
-                    min_train=ec.min_train,
-                    params=eval_score_params(
-                        cfg.recommend, k=kmax, exclude_seen=True, cold_items=False
-                    ),
-                    run_id=run_id,
-                )
-                uv, iv = als_factors(train, best)
-                versions[model] = f"als-rank{best.rank}-reg{best.reg}"
-                notes.append(f"ALS: rank={best.rank}, reg={best.reg} (best validation NDCG@{kmax})")
-                recs = baseline_recs(uv, iv, versions[model])
-            elif model == "content":
-                if text is None:  # cannot happen: read above whenever content is evaluated
-                    raise StageNotReadyError("evaluate: model 'content' needs item embeddings")
-                uv, iv = content_vectors(train, text)
-                versions[model] = "content"
-                recs = baseline_recs(uv, iv, versions[model])
-            else:  # recspark
-                tev = train_events(events, split)
-                model_dir = cfg.locations().model_dir(f"evaluate/{run_id}")
-                result = api.fit(spark, cfg, tev, items, embeddings, model_dir)
-                iv = api.item_vectors(spark, result.model_dir, items, embeddings)
-                uv = api.user_vectors(spark, result.model_dir, tev, iv)
-                versions[model] = str(result.model_version)
-                recs = kernel_recs(
-                    uv,
-                    iv,
-                    train,
-                    items,
-                    users,
-                    eval_score_params(cfg.recommend, k=kmax, exclude_seen=exclude, cold_items=True),
-                    versions[model],
-                    run_id,
-                    text=text,
-                )
-            recs = recs.cache()
-            try:
-                for k in ec.ks:
-                    rm = ranking_metrics(recs, test, catalog, k=k, cold_items=cold, embeddings=text)
-                    for r in rm.collect():
-                        rows.append(MetricRow(model, r[METRIC], int(r[K]), float(r[VALUE])))
-            finally:
-                recs.unpersist()
-            _log(
-                f"{model}: "
-                + ", ".join(f"{r.metric}@{r.k}={r.value:.4f}" for r in rows if r.model == model)
+
+def _popularity(r: _Run) -> tuple[DataFrame, str, str | None]:
+    k, exclude = max(r.cfg.evaluate.ks), r.cfg.recommend.exclude_seen
+    return popularity_recs(r.cut.train, r.cut.users, k=k, exclude_seen=exclude), "popularity", None
+
+
+def _als(r: _Run) -> tuple[DataFrame, str, str | None]:
+    ec = r.cfg.evaluate
+    grid = als_grid(ec.als_ranks, ec.als_reg, ec.als_max_iter, ec.als_alpha, r.cfg.seed)
+    best, _scores = select_als(
+        r.cut.train,
+        r.items,
+        r.cut.catalog,
+        grid,
+        fraction=ec.holdout_fraction,
+        min_train=ec.min_train,
+        params=r.params(cold_items=False, exclude_seen=True),
+        run_id=r.run_id,
+    )
+    uv, iv = als_factors(r.cut.train, best)
+    version = f"als-rank{best.rank}-reg{best.reg}"
+    note = f"ALS: rank={best.rank}, reg={best.reg} (best validation NDCG@{max(ec.ks)})"
+    return r.baseline_recs(uv, iv, version), version, note
+
+
+def _content(r: _Run) -> tuple[DataFrame, str, str | None]:
+    if r.text is None:  # cannot happen: read whenever content is evaluated
+        raise StageNotReadyError("evaluate: model 'content' needs item embeddings")
+    uv, iv = content_vectors(r.cut.train, r.text)
+    return r.baseline_recs(uv, iv, "content"), "content", None
+
+
+def _recspark(r: _Run) -> tuple[DataFrame, str, str | None]:
+    trainer = _trainer()
+    tev, emb = r.cut.events, r.embeddings
+    model_dir = r.cfg.locations().model_dir(f"evaluate/{r.run_id}")
+    result = trainer.fit(r.spark, r.cfg, tev, r.items, emb, model_dir)
+    iv = trainer.item_vectors(r.spark, result.model_dir, r.items, emb)
+    uv = trainer.user_vectors(r.spark, result.model_dir, tev, iv)
+    version = str(result.model_version)
+    c = r.cut
+    params = r.params(cold_items=True)
+    recs = kernel_recs(uv, iv, c.train, r.items, c.users, params, version, r.run_id, text=r.text)
+    return recs, version, None
+
+
+_MODELS: dict[str, Callable[[_Run], tuple[DataFrame, str, str | None]]] = {
+    "popularity": _popularity,
+    "als": _als,
+    "content": _content,
+    "recspark": _recspark,
+}
+
+
+def score(
+    model: str, recs: DataFrame, cut: Holdout, ks: Sequence[int], text: DataFrame | None
+) -> list[MetricRow]:
+    """``model``'s metrics at every ``k`` of ``ks`` on the held-out part."""
+    rows: list[MetricRow] = []
+    recs = recs.cache()
+    try:
+        for k in ks:
+            rm = ranking_metrics(
+                recs, cut.test, cut.catalog, k=k, cold_items=cut.cold, embeddings=text
             )
+            rows += [MetricRow(model, r[METRIC], int(r[K]), float(r[VALUE])) for r in rm.collect()]
     finally:
-        split.unpersist()
-        if text is not None:
-            text.unpersist()
+        recs.unpersist()
+    _log(f"{model}: " + ", ".join(f"{r.metric}@{r.k}={r.value:.4f}" for r in rows))
+    return rows
 
+
+@dataclass(frozen=True)
+class _Inputs:
+    """The tables an evaluation reads."""
+
+    interactions: DataFrame
+    items: DataFrame
+    text: DataFrame | None  # unit text vectors: the content baseline and every diversity
+    events: DataFrame | None  # recspark's training events
+    embeddings: DataFrame | None  # recspark's item text features
+
+
+def _read(spark: SparkSession, cfg: Config) -> _Inputs:
+    """Interactions and items; the text embeddings when present (or content is evaluated);
+    events and embeddings when recspark is."""
+    wh, models = cfg.warehouse, cfg.evaluate.models
+    has_text = "content" in models or tables.exists(
+        spark, tables.ref(wh, tables.GOLD_ITEM_EMBEDDINGS)
+    )
+    embeddings = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS) if has_text else None
+    return _Inputs(
+        interactions=tables.read(spark, wh, tables.SILVER_INTERACTIONS),
+        items=tables.read(spark, wh, tables.SILVER_ITEMS),
+        text=unit_vectors(embeddings).cache() if embeddings is not None else None,
+        events=tables.read(spark, wh, tables.SILVER_EVENTS) if "recspark" in models else None,
+        embeddings=embeddings if "recspark" in models else None,
+    )
+
+
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Evaluate the configured models; write ``gold/metrics`` and the report."""
+    ec = cfg.evaluate
+    cfg = cfg.with_run_id()
+    run_id = str(cfg.run_id)
+    if "recspark" in ec.models:
+        _trainer()  # fail before any work when the trainer cannot be imported
+    t = _read(spark, cfg)
+    split_id = split_identity(
+        tables.version(spark, tables.ref(cfg.warehouse, tables.SILVER_INTERACTIONS)),
+        ec.holdout_fraction,
+        ec.min_train,
+    )
+    cut = holdout(t.interactions, t.items, t.events, ec)
+    rows: list[MetricRow] = []
+    versions: dict[str, str] = {}
+    notes = ["validation only: the test split left out, its training part split again"]
+    notes = notes if ec.validation_only else []
+    _log(f"split {cut.counts}" + (" (validation only)" if ec.validation_only else ""))
+    try:
+        r = _Run(spark, cfg, run_id, cut, t.items, t.text, t.embeddings)
+        for model in ec.models:
+            recs, versions[model], note = _MODELS[model](r)
+            notes += [note] if note else []
+            rows += score(model, recs, cut, ec.ks, t.text)
+    finally:
+        for df in (cut.split, cut.train, cut.test, cut.users, t.text):
+            if df is not None:
+                df.unpersist()
+    return _record(spark, cfg, rows, versions, cut.counts, notes, split_id)
+
+
+def _record(
+    spark: SparkSession,
+    cfg: Config,
+    rows: list[MetricRow],
+    versions: dict[str, str],
+    counts: dict[str, int],
+    notes: list[str],
+    split_id: str,
+) -> dict[str, Any]:
+    """Write the run's ``gold/metrics`` rows, its report and (with MLflow on) its runs; return
+    the stage's summary."""
+    ec, run_id = cfg.evaluate, str(cfg.run_id)
     now = datetime.now(UTC)
     out = spark.createDataFrame(
         [(run_id, r.model, r.metric, r.k, r.value, versions.get(r.model), now) for r in rows],
         METRICS_SCHEMA,
     )
-    tables.merge_upsert(spark, out, wh, tables.GOLD_METRICS, keys=[RUN_ID, MODEL, METRIC, K])
+    tables.merge_upsert(
+        spark, out, cfg.warehouse, tables.GOLD_METRICS, keys=[RUN_ID, MODEL, METRIC, K]
+    )
     paths: dict[str, str] = {}
     if ec.report:
         paths = write_evaluation_report(
@@ -297,30 +407,41 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             rows,
             list(ec.models),
             title=f"recspark evaluation, run {run_id}",
-            notes=[f"split: {split_counts}", *notes],
+            notes=[f"split: {counts}", *notes],
         )
     summary: dict[str, Any] = {
         "run_id": run_id,
-        "split": split_counts,
+        "split": counts,
         "metrics": {f"{r.model}/{r.metric}@{r.k}": round(r.value, 5) for r in rows},
         "model_versions": versions,
         "report": paths.get("markdown"),
     }
     if cfg.mlflow.enabled:
-        from recspark.registry.store import log_evaluation, store
-
-        by_model: dict[str, dict[str, float]] = {}
-        for mr in rows:
-            by_model.setdefault(mr.model, {})[f"{mr.metric}_at_{mr.k}"] = mr.value
-        settings = {f"evaluate.{k}": v for k, v in to_dict(ec).items()}
-        ids = log_evaluation(
-            store(cfg.mlflow, cfg.locations()),
-            run_id,
-            by_model,
-            versions,
-            split_id,
-            {**settings, "seed": cfg.seed, "split": split_id},
-            [paths[k] for k in sorted(paths)],
-        )
-        summary["mlflow_run_id"] = ids["parent"]
+        summary["mlflow_run_id"] = _log_to_mlflow(cfg, rows, versions, split_id, paths)
     return summary
+
+
+def _log_to_mlflow(
+    cfg: Config,
+    rows: list[MetricRow],
+    versions: dict[str, str],
+    split_id: str,
+    paths: dict[str, str],
+) -> str:
+    """Log the evaluation as a parent run with a child per model; the parent's run id."""
+    from recspark.registry.store import log_evaluation, store
+
+    by_model: dict[str, dict[str, float]] = {}
+    for mr in rows:
+        by_model.setdefault(mr.model, {})[f"{mr.metric}_at_{mr.k}"] = mr.value
+    settings = {f"evaluate.{k}": v for k, v in to_dict(cfg.evaluate).items()}
+    ids = log_evaluation(
+        store(cfg.mlflow, cfg.locations()),
+        str(cfg.run_id),
+        by_model,
+        versions,
+        split_id,
+        {**settings, "seed": cfg.seed, "split": split_id},
+        [paths[k] for k in sorted(paths)],
+    )
+    return str(ids["parent"])
