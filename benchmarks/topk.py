@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from recspark.config import SparkConfig
     from recspark.recommend.kernel import topk_scores
-    from recspark.recommend.transforms import ItemIndex, ScoreParams, score_users
+    from recspark.recommend.scoring import ItemIndex, ScoreParams, score_users
 
     cores = os.cpu_count() or 1
     parts = args.partitions or cores

@@ -146,69 +146,77 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _bad(value: Any, tp: Any, key: str, source: str) -> ConfigError:
+    """The error for ``value`` not of type ``tp`` at ``key`` (secret values are not shown)."""
+    shown = "***" if is_secret_key(key) else repr(value)
+    return ConfigError(
+        f"{source}: key '{key}' expected {_type_name(tp)}, found {shown} ({type(value).__name__})"
+    )
+
+
+def _scalar(value: Any, tp: Any) -> tuple[bool, Any]:
+    """``(ok, value in the type tp)`` for a bool, int, float or str field."""
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return not isinstance(value, bool) and isinstance(value, int), value
+    if tp is float:
+        ok = not isinstance(value, bool) and isinstance(value, int | float)
+        return ok, float(value) if ok else value
+    # str: YAML turns 2024-01-01 into a date and 1e3 into a float; keep scalars as text.
+    if not isinstance(value, str | int | float | dt.date):  # a mapping, list, null, bytes
+        return False, value
+    if isinstance(value, bool):  # as written in YAML (Spark and Hadoop read "true")
+        return True, "true" if value else "false"
+    return True, value if isinstance(value, str) else str(value)
+
+
+def _coerce_union(value: Any, tp: Any, key: str, source: str) -> Any:
+    """``value`` as the first member of the union ``tp`` it fits (None when optional)."""
+    args = get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _coerce(value, arg, key, source)
+        except ConfigError:
+            continue
+    raise _bad(value, tp, key, source)
+
+
 def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     """Check ``value`` against the annotation ``tp`` and return it in the field's type."""
-
-    def bad() -> ConfigError:
-        shown = "***" if is_secret_key(key) else repr(value)
-        return ConfigError(
-            f"{source}: key '{key}' expected {_type_name(tp)}, found {shown} "
-            f"({type(value).__name__})"
-        )
-
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise bad()
+            raise _bad(value, tp, key, source)
         return _build(tp, value, key, source)
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key, source)
-            except ConfigError:
-                continue
-        raise bad()
+        return _coerce_union(value, tp, key, source)
     if origin is Literal:
         if value not in get_args(tp):
-            raise bad()
+            raise _bad(value, tp, key, source)
         return value
     if origin is dict:
         ktp, vtp = get_args(tp)
         if not isinstance(value, dict):
-            raise bad()
+            raise _bad(value, tp, key, source)
         return {
             _coerce(k, ktp, f"{key}.{k}", source): _coerce(v, vtp, f"{key}.{k}", source)
             for k, v in value.items()
         }
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise bad()
+            raise _bad(value, tp, key, source)
         (etp, _ellipsis) = get_args(tp)
         return tuple(_coerce(v, etp, f"{key}[{i}]", source) for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad()
-        return float(value)
-    if tp is str:
-        # YAML turns 2024-01-01 into a date and 1e3 into a float; keep scalars as text.
-        if not isinstance(value, str | int | float | dt.date):  # a mapping, list, null, bytes
-            raise bad()
-        if isinstance(value, bool):  # as written in YAML (Spark and Hadoop read "true")
-            return "true" if value else "false"
-        return value if isinstance(value, str) else str(value)
+    if tp in (bool, int, float, str):
+        ok, out = _scalar(value, tp)
+        if not ok:
+            raise _bad(value, tp, key, source)
+        return out
     raise ConfigError(f"{source}: key '{key}' has an unsupported type {tp!r}")  # a bug
 
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from recspark.recommend.config import RecommendConfig
-from recspark.recommend.kernel import mmr_order
-from recspark.recommend.transforms import ItemIndex, ScoreParams, score_batches
+from recspark.recommend.rerank import mmr_order
+from recspark.recommend.scoring import ItemIndex, ScoreParams, score_batches
 
 N_ITEMS = 16
 

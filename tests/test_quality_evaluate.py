@@ -10,7 +10,7 @@ from pyspark.sql.types import ArrayType, FloatType, IntegerType, StringType, Str
 from recspark.evaluate import job
 from recspark.evaluate.baselines import content_vectors
 from recspark.evaluate.metrics import intra_list_diversity, ranking_metrics, unit_vectors
-from recspark.recommend.transforms import ScoreParams
+from recspark.recommend.scoring import ScoreParams
 
 RECS_SCHEMA = StructType(
     [

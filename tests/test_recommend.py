@@ -18,13 +18,8 @@ from recspark.errors import ModelError
 from recspark.recommend import job
 from recspark.recommend.config import RecommendConfig
 from recspark.recommend.kernel import brute_force_topk
-from recspark.recommend.transforms import (
-    REASON_POPULAR,
-    ItemIndex,
-    ScoreParams,
-    item_catalog,
-    recommend,
-)
+from recspark.recommend.scoring import REASON_POPULAR, ItemIndex, ScoreParams
+from recspark.recommend.transforms import item_catalog, recommend
 from recspark.schema import INTERACTIONS_SCHEMA, RECOMMENDATIONS_SCHEMA, SILVER_ITEMS_SCHEMA
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)

@@ -12,11 +12,11 @@ from recspark.recommend.kernel import (
     exclusion_pairs,
     pick_device,
     plan_blocks,
-    reserve_slots,
     rounding_margin,
     select_topk,
     topk_scores,
 )
+from recspark.recommend.rerank import reserve_slots
 
 
 def _as_lists(vals: torch.Tensor, idx: torch.Tensor) -> list[list[tuple[int, float]]]:
@@ -277,7 +277,7 @@ def test_reserve_slots_brings_in_best_cold_items() -> None:
 
 def test_config_defaults_are_the_kernel_defaults() -> None:
     from recspark.recommend.config import RecommendConfig
-    from recspark.recommend.transforms import ScoreParams
+    from recspark.recommend.scoring import ScoreParams
 
     for params in (RecommendConfig(), ScoreParams()):
         assert params.user_block_size == kernel.USER_BLOCK_SIZE
@@ -288,7 +288,7 @@ def test_config_defaults_are_the_kernel_defaults() -> None:
 def test_score_params_carry_every_kernel_setting() -> None:
     from recspark.evaluate.job import eval_score_params
     from recspark.recommend.config import RecommendConfig
-    from recspark.recommend.transforms import score_params
+    from recspark.recommend.scoring import score_params
 
     rc = RecommendConfig(
         user_block_size=3, item_block_size=5, group_size=7, torch_threads=2, device="cpu"

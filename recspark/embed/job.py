@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from recspark import tables
 from recspark.config import Config
-from recspark.embed.model import encode_settings
+from recspark.embed.model import EncodeSettings, encode_settings
 from recspark.embed.transforms import embed_items, prepare_items, user_embeddings
 from recspark.errors import DependencyError, ModelError
 from recspark.schema import (
@@ -133,46 +133,43 @@ def _arrow_batch_size(spark: SparkSession, size: int) -> Iterator[None]:
             spark.conf.set(ARROW_BATCH_CONF, previous)
 
 
-def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Embed new and changed items, refresh user embeddings, return a summary.
-
-    Raises:
-        ModelError: the model folder is missing, incomplete or unreadable.
-        StageNotReadyError: ``silver/items`` or ``silver/interactions`` does not exist.
-        SchemaError: an input table lacks a needed column.
-    """
-    t0 = time.perf_counter()
-    ecfg = cfg.embed
-    settings = encode_settings(ecfg)  # checks the model folder before any Spark work
-    wh = cfg.warehouse
-    raw_items, interactions, existing = _read_inputs(spark, wh)
-
-    items = prepare_items(raw_items)
+def _item_counts(raw_items: DataFrame) -> tuple[int, int, int]:
+    """Rows of ``silver/items``, rows with an item id, and distinct item ids."""
     counts = raw_items.agg(
         F.count(F.lit(1)).alias("rows"),
         F.count(F.col(ITEM_ID)).alias("with_id"),
         F.countDistinct(F.col(ITEM_ID)).alias("ids"),
     ).first()
-    item_rows, rows_with_id, items_total = (
-        (int(counts["rows"]), int(counts["with_id"]), int(counts["ids"])) if counts else (0, 0, 0)
-    )
-    removed = existing.join(items, on=ITEM_ID, how="left_anti") if existing is not None else None
-    items_removed = _count(removed) if removed is not None else 0
+    if not counts:
+        return 0, 0, 0
+    return int(counts["rows"]), int(counts["with_id"]), int(counts["ids"])
 
+
+def _embed(
+    spark: SparkSession,
+    cfg: Config,
+    settings: EncodeSettings,
+    items: DataFrame,
+    existing: DataFrame | None,
+    items_removed: int,
+) -> tuple[int, float]:
+    """Embed new and changed items and MERGE them (and the removals) into
+    ``gold/item_embeddings``; return the texts embedded and the seconds the model took."""
+    ecfg = cfg.embed
     num_partitions = ecfg.num_partitions or spark.sparkContext.defaultParallelism
     with _arrow_batch_size(spark, ecfg.arrow_batch_size):
         embedded = embed_items(
             items, settings, existing=existing, num_partitions=num_partitions
         ).persist(StorageLevel.MEMORY_AND_DISK)
         try:
-            t_embed = time.perf_counter()
+            t0 = time.perf_counter()
             # The MERGE reads the persisted rows (it scans its source twice, which must not
             # run the model twice).
             items_embedded = _run_model(spark, embedded)
-            embed_seconds = time.perf_counter() - t_embed
+            seconds = time.perf_counter() - t0
             _merge_embeddings(
                 spark,
-                wh,
+                cfg.warehouse,
                 embedded=embedded,
                 items=items,
                 existing=existing,
@@ -181,12 +178,30 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             )
         finally:
             embedded.unpersist()
+    return items_embedded, seconds
+
+
+def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
+    """Embed new and changed items, refresh user embeddings, return a summary.
+
+    Raises:
+        ModelError: the model folder is missing, incomplete or unreadable.
+        StageNotReadyError: ``silver/items`` or ``silver/interactions`` does not exist.
+        SchemaError: an input table lacks a needed column.
+    """
+    settings = encode_settings(cfg.embed)  # checks the model folder before any Spark work
+    wh = cfg.warehouse
+    raw_items, interactions, existing = _read_inputs(spark, wh)
+    items = prepare_items(raw_items)
+    item_rows, rows_with_id, items_total = _item_counts(raw_items)
+    removed = existing.join(items, on=ITEM_ID, how="left_anti") if existing is not None else None
+    items_removed = _count(removed) if removed is not None else 0
+    items_embedded, embed_seconds = _embed(spark, cfg, settings, items, existing, items_removed)
 
     gold_items = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
     tables.overwrite(user_embeddings(interactions, gold_items), wh, tables.GOLD_USER_EMBEDDINGS)
     users = _count(tables.read(spark, wh, tables.GOLD_USER_EMBEDDINGS))
     users_total = _count(interactions.select(USER_ID).distinct())
-
     return {
         "model_name": settings.model_name,
         "model_path": settings.model_path,
@@ -200,5 +215,4 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "users_without_embedding": users_total - users,
         "embed_seconds": round(embed_seconds, 3),
         "texts_per_second": round(items_embedded / embed_seconds, 1) if embed_seconds > 0 else None,
-        "seconds": round(time.perf_counter() - t0, 3),
     }

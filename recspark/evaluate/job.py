@@ -32,18 +32,12 @@ from recspark.evaluate.metrics import VALUE, ranking_metrics, unit_vectors
 from recspark.evaluate.split import TEST, TRAIN, chronological_holdout, train_events
 from recspark.log import get_logger
 from recspark.recommend.config import RecommendConfig
-from recspark.recommend.transforms import (
-    ItemIndex,
-    ScoreParams,
-    item_catalog,
-    recommend,
-    score_params,
-)
+from recspark.recommend.job import collect_index
+from recspark.recommend.scoring import ScoreParams, score_params
+from recspark.recommend.transforms import item_catalog, recommend
 from recspark.reporting.data import MetricRow
 from recspark.reporting.writer import write_evaluation_report
 from recspark.schema import (
-    EMBEDDING,
-    IS_COLD,
     ITEM_ID,
     METRIC,
     METRICS_SCHEMA,
@@ -51,9 +45,7 @@ from recspark.schema import (
     RANK,
     RUN_ID,
     SPLIT,
-    TITLE,
     USER_ID,
-    VECTOR,
     K,
 )
 
@@ -86,11 +78,7 @@ def kernel_recs(
     """Top-K lists for ``users`` from any dot-product model, with the recommend kernel (and
     its diversity re-rank when ``params.diversity > 0`` and ``text`` embeddings are given)."""
     catalog = item_catalog(item_vectors, items, train)
-    scored = catalog.where(F.col(VECTOR).isNotNull()).select(ITEM_ID, VECTOR, TITLE, IS_COLD)
-    if text is not None and params.diversity > 0:
-        scored = scored.join(text.select(ITEM_ID, EMBEDDING), ITEM_ID, "left")
-    pdf = scored.toPandas()
-    index = ItemIndex.from_pandas(pdf)
+    index = collect_index(catalog, text if params.diversity > 0 else None)
     return recommend(
         user_vectors,
         train,

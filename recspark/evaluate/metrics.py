@@ -199,26 +199,21 @@ def ranking_metrics(
     )
     names = [*PER_USER_METRICS, "coverage"]
     if cold_items is not None:
-        cold = cold_items.select(item_col).distinct().withColumn("_cold", F.lit(1))
-        flagged = top.join(cold, item_col, "left")
-        cold_row = flagged.agg(
-            (F.count("_cold") / F.count(F.lit(1))).alias("cold_share"),
-            F.countDistinct(F.when(F.col("_cold") == 1, F.col(item_col)))
-            .cast("double")
-            .alias("cold_items"),
-        )
-        cold_truth = truth.join(cold.select(item_col), item_col, "left_semi")
-        cold_recall = per_user_metrics(
-            recs, cold_truth, k=k, user_col=user_col, item_col=item_col, rank_col=rank_col
-        ).agg(F.avg("recall").alias("cold_recall"))
-        row = row.crossJoin(cold_row).crossJoin(cold_recall)
-        names += ["cold_share", "cold_items", "cold_recall"]
+        cols = {"user_col": user_col, "item_col": item_col, "rank_col": rank_col}
+        row = row.crossJoin(cold_metrics(recs, truth, cold_items, k=k, **cols))
+        names += list(COLD_METRICS)
     if embeddings is not None:
         div = intra_list_diversity(
             recs, embeddings, k=k, user_col=user_col, item_col=item_col, rank_col=rank_col
         )
         row = row.crossJoin(div)
         names += ["diversity"]
+    return _stack(row, names, k)
+
+
+def _stack(row: DataFrame, names: list[str], k: int) -> DataFrame:
+    """One row of metric columns ``names`` as rows of ``metric``, ``k``, ``value`` (a missing
+    value is 0)."""
     stacked = F.explode(
         F.array(
             *[
@@ -235,3 +230,39 @@ def ranking_metrics(
         F.lit(k).cast("int").alias(K),
         F.col("_m." + VALUE).alias(VALUE),
     )
+
+
+COLD_METRICS = ("cold_share", "cold_items", "cold_recall")
+
+
+def cold_metrics(
+    recs: DataFrame,
+    truth: DataFrame,
+    cold_items: DataFrame,
+    *,
+    k: int,
+    user_col: str = USER_ID,
+    item_col: str = ITEM_ID,
+    rank_col: str = RANK,
+) -> DataFrame:
+    """One row: ``cold_share`` (the share of top-``k`` slots holding a cold item),
+    ``cold_items`` (distinct cold items recommended) and ``cold_recall`` (recall@k of the
+    held-out cold items).
+
+    Args:
+        recs: needs ``user_id``, ``item_id``, ``rank``; truth: ``user_id``, ``item_id``;
+            cold_items: ``item_id`` of the items without training interactions.
+    """
+    top = recs.where(F.col(rank_col) <= k).select(user_col, item_col)
+    cold = cold_items.select(item_col).distinct().withColumn("_cold", F.lit(1))
+    cold_row = top.join(cold, item_col, "left").agg(
+        (F.count("_cold") / F.count(F.lit(1))).alias("cold_share"),
+        F.countDistinct(F.when(F.col("_cold") == 1, F.col(item_col)))
+        .cast("double")
+        .alias("cold_items"),
+    )
+    cold_truth = truth.join(cold.select(item_col), item_col, "left_semi")
+    cold_recall = per_user_metrics(
+        recs, cold_truth, k=k, user_col=user_col, item_col=item_col, rank_col=rank_col
+    ).agg(F.avg("recall").alias("cold_recall"))
+    return cold_row.crossJoin(cold_recall)

@@ -10,7 +10,7 @@ A registered model carries two files (no warehouse needed to use it):
 
 The user tower is the recency-weighted mean of the vectors of the user's newest
 ``history_len`` distinct items (``train.dataset.weighted_user_vectors`` in Spark); scoring is
-``recommend.transforms.score_batches``, the recommend stage's own task body, with its
+``recommend.scoring.score_batches``, the recommend stage's own task body, with its
 ``score_params``. A history with no item the model knows gets the most popular items.
 """
 
@@ -28,7 +28,7 @@ import pandas as pd
 
 from recspark.errors import ModelError
 from recspark.recommend.config import RecommendConfig
-from recspark.recommend.transforms import ItemIndex, ScoreParams, score_batches, score_params
+from recspark.recommend.scoring import ItemIndex, ScoreParams, score_batches, score_params
 from recspark.schema import (
     CATEGORY,
     IS_COLD,
