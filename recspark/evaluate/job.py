@@ -1,7 +1,7 @@
 """``recspark evaluate``: recspark against popularity and ALS on a chronological holdout.
 
 Reads ``silver/interactions`` and ``silver/items`` (plus ``silver/events`` and
-``gold/item_embeddings`` for the recspark model, trained with ``recspark.train.api.fit`` on
+``gold/item_embeddings`` for the recspark model, trained with ``recspark.train.trainer.fit`` on
 the training split only); writes one row per (model, metric, k) of the run into
 ``gold/metrics`` (upsert: rerunning a run id replaces its rows) and a report with a plot under
 ``<files>/reports/<run_id>/`` (the file location, see :mod:`recspark.storage`).
@@ -171,23 +171,23 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         ec.holdout_fraction,
         ec.min_train,
     )
-    api: Any = None
+    with_recspark = False
     if "recspark" in ec.models:
         try:
-            from recspark.train import api as train_api
+            from recspark.train import inference, trainer
         except ImportError as e:
             raise StageNotReadyError(
-                f"evaluate: model 'recspark' needs recspark.train.api ({e}); set "
+                f"evaluate: model 'recspark' needs recspark.train ({e}); set "
                 "evaluate.models to the baselines only to run without it"
             ) from e
-        api = train_api
+        with_recspark = True
         events = tables.read(spark, wh, tables.SILVER_EVENTS)
         embeddings = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
     if ec.validation_only:  # the test split is left out; its training part is split again
         outer = chronological_holdout(
             interactions, fraction=ec.holdout_fraction, min_train=ec.min_train
         )
-        if api is not None:
+        if with_recspark:
             events = train_events(events, outer)
         interactions = outer.where(F.col(SPLIT) == TRAIN).drop(SPLIT)
 
@@ -250,9 +250,9 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             else:  # recspark
                 tev = train_events(events, split)
                 model_dir = cfg.locations().model_dir(f"evaluate/{run_id}")
-                result = api.fit(spark, cfg, tev, items, embeddings, model_dir)
-                iv = api.item_vectors(spark, result.model_dir, items, embeddings)
-                uv = api.user_vectors(spark, result.model_dir, tev, iv)
+                result = trainer.fit(spark, cfg, tev, items, embeddings, model_dir)
+                iv = inference.item_vectors(spark, result.model_dir, items, embeddings)
+                uv = inference.user_vectors(spark, result.model_dir, tev, iv)
                 versions[model] = str(result.model_version)
                 recs = kernel_recs(
                     uv,
