@@ -36,8 +36,10 @@ from recspark.cli import (
 )
 from recspark.config import Config, load_config
 from recspark.errors import ConcurrentWriteError, ModelError, StorageError
-from recspark.train.api import write_text_atomic
-from recspark.train.loop import CHECKPOINT, LocalComm, TrainSpec, load_checkpoint, train_worker
+from recspark.train import loop
+from recspark.train.artifacts import CHECKPOINT, load_checkpoint, write_text_atomic
+from recspark.train.distributed import LocalComm
+from recspark.train.loop import TrainSpec, train_worker
 from recspark.train.model import ModelShape
 from tests.support import faults as FX
 
@@ -465,7 +467,7 @@ def _resume_equals_whole_run(model_dir: Path, tmp_path: Path) -> None:
     Horovod's, so the optimizer state must be saved from and restored into the wrapped one."""
     meta = json.loads((model_dir / "meta.json").read_text())
 
-    def spec(name: str, crash: tuple[str, int] | None = None) -> TrainSpec:
+    def spec(name: str) -> TrainSpec:
         return TrainSpec(
             data_dir=str(model_dir / "data"),
             model_dir=str(tmp_path / name),
@@ -477,12 +479,19 @@ def _resume_equals_whole_run(model_dir: Path, tmp_path: Path) -> None:
             history_len=int(meta["history_len"]),
             negatives=8,
             reader_pool="dummy",
-            crash_after=crash,
         )
 
     whole = train_worker(spec("whole"), _WrappingComm())
-    with pytest.raises(RuntimeError, match="injected failure"):
-        train_worker(spec("killed", ("validate", 2)), _WrappingComm())
+    save = loop.save_checkpoint
+
+    def save_and_fail(run: loop.Run) -> None:
+        save(run)
+        if (run.state["phase"], run.state["epoch"]) == ("validate", 2):
+            raise RuntimeError("injected failure after validate epoch 2")
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(RuntimeError, match="injected"):
+        mp.setattr(loop, "save_checkpoint", save_and_fail)
+        train_worker(spec("killed"), _WrappingComm())
     saved = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
     assert saved["optimizer"]["state"], "the checkpoint lacks the optimizer's moments"
     resumed = train_worker(spec("killed"), _WrappingComm())

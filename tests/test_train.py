@@ -35,10 +35,11 @@ from recspark.config import Config
 from recspark.errors import ConfigError, InputError, LaunchError, ModelError
 from recspark.ingest.transforms import build_interactions
 from recspark.train import dataset as ds
-from recspark.train.api import fit, item_vectors, user_vectors
+from recspark.train.artifacts import CHECKPOINT, MODEL_FILE, load_checkpoint
 from recspark.train.config import TrainConfig
+from recspark.train.inference import item_vectors, user_vectors
 from recspark.train.launch import run_training
-from recspark.train.loop import CHECKPOINT, MODEL_FILE, TrainSpec, load_checkpoint, train_worker
+from recspark.train.loop import TrainSpec, train_worker
 from recspark.train.model import (
     ItemFeatures,
     ModelShape,
@@ -63,6 +64,7 @@ from recspark.train.plan import (
     scaled_learning_rate,
 )
 from recspark.train.reader import dataset_url, shard_batches, shard_rows
+from recspark.train.trainer import fit
 
 # petastorm 0.12 reads through pyarrow's legacy dataset API, which warns on every row group.
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning:petastorm")
@@ -559,17 +561,19 @@ def _spec_for(tmp: Path, data_dir: str, **kw: Any) -> TrainSpec:
 def test_killed_run_resumes_from_its_checkpoint(fitted: dict[str, Any], tmp_path: Path) -> None:
     data_dir = str(Path(fitted["model_dir"]) / "data")
     whole = train_worker(_spec_for(tmp_path / "whole", data_dir))
-    crashing = _spec_for(tmp_path / "killed", data_dir, crash_after=("validate", 1))
+    killed = _spec_for(tmp_path / "killed", data_dir)
     # A separate process is SIGKILLed right after its first checkpoint: no cleanup runs.
-    (tmp_path / "spec.pkl").write_bytes(pickle.dumps(crashing))
+    (tmp_path / "spec.pkl").write_bytes(pickle.dumps(killed))
     code = (
         "import os, pickle, signal, sys\n"
-        "from recspark.train.loop import train_worker\n"
-        "spec = pickle.loads(open(sys.argv[1], 'rb').read())\n"
-        "try:\n"
-        "    train_worker(spec)\n"
-        "except RuntimeError:\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from recspark.train import loop\n"
+        "save = loop.save_checkpoint\n"
+        "def save_and_die(run):\n"
+        "    save(run)\n"
+        "    if (run.state['phase'], run.state['epoch']) == ('validate', 1):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "loop.save_checkpoint = save_and_die\n"
+        "loop.train_worker(pickle.loads(open(sys.argv[1], 'rb').read()))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "spec.pkl")], capture_output=True, timeout=300
@@ -577,7 +581,7 @@ def test_killed_run_resumes_from_its_checkpoint(fitted: dict[str, Any], tmp_path
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     assert (tmp_path / "killed" / "checkpoints" / "last.pt").exists()
     assert not (tmp_path / "killed" / MODEL_FILE).exists()
-    resumed = train_worker(dataclasses.replace(crashing, crash_after=None))
+    resumed = train_worker(killed)
     assert resumed["resumed_from"] == "validate:1"
     assert whole["resumed_from"] is None
     # Resuming replays exactly what the uninterrupted run did.
@@ -652,23 +656,27 @@ def test_horovod_two_ranks_and_torch_distributor_train_the_same_model(
 ) -> None:
     data_dir = str(Path(fitted["model_dir"]) / "data")
     plan = LaunchPlan("horovod", 2, "gloo", False, 0.02, 1, True)
-    spec = _spec_for(tmp_path / "hvd", data_dir, learning_rate=0.02, collect_ids=True)
+    spec = _spec_for(tmp_path / "hvd", data_dir, learning_rate=0.02)
     ranks = run_training(spark, spec, plan, timeout=120)
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["size"] == 2 for r in ranks)
     assert ranks[0]["digest"] == ranks[1]["digest"]
     # Every training row exactly once per epoch across the two ranks.
     import pyarrow.parquet as pq
 
-    for key in ranks[0]["seen_ids"]:
+    assert ranks[0]["epoch_rows"].keys() == ranks[1]["epoch_rows"].keys()
+    for key in ranks[0]["epoch_rows"]:
         part = "train" if key.startswith("validate") else "all"
         ids = pq.read_table(os.path.join(data_dir, part), columns=["example_id"])
-        expected = sorted(ids.column("example_id").to_pylist())
-        got = sorted(ranks[0]["seen_ids"][key] + ranks[1]["seen_ids"][key])
-        assert got == expected, key
-    assert ranks[0]["seen_ids"]["validate:1"] and ranks[1]["seen_ids"]["validate:1"]
+        expected = ids.column("example_id").to_pylist()
+        (rows0, sum0), (rows1, sum1) = ranks[0]["epoch_rows"][key], ranks[1]["epoch_rows"][key]
+        # Row counts and id sums (mod 2**64) of both ranks add up to the data set's: the shards
+        # cover it.
+        got = (rows0 + rows1, (sum0 + sum1) % 2**64)
+        assert got == (len(expected), sum(expected) % 2**64), key
+        assert rows0 > 0 and rows1 > 0, key
     # The same training under TorchDistributor (torch.distributed, Gloo) gives the same model.
     td_plan = dataclasses.replace(plan, launcher="torch_distributor")
-    td_spec = dataclasses.replace(spec, model_dir=str(tmp_path / "td"), collect_ids=False)
+    td_spec = dataclasses.replace(spec, model_dir=str(tmp_path / "td"))
     (td,) = run_training(spark, td_spec, td_plan)
     assert td["rank"] == 0 and td["size"] == 2
     assert td["history"][-1]["phase"] == "final"

@@ -15,7 +15,7 @@ class EvaluateConfig:
     # Interactions every user keeps for training (users with fewer are not evaluated).
     min_train: int = 1
     ks: tuple[int, ...] = (10,)
-    # Which models to score: recspark (trained with recspark.train.api), popularity, als,
+    # Which models to score: recspark (trained with recspark.train.trainer), popularity, als,
     # content (the user's mean text embedding, cosine top-K over the items' text embeddings).
     models: tuple[str, ...] = MODELS
     # Score on a validation split carved from the training part (the same rule applied to

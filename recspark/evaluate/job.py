@@ -1,7 +1,7 @@
 """``recspark evaluate``: recspark against popularity and ALS on a chronological holdout.
 
 Reads ``silver/interactions`` and ``silver/items`` (plus ``silver/events`` and
-``gold/item_embeddings`` for the recspark model, trained with ``recspark.train.api.fit`` on
+``gold/item_embeddings`` for the recspark model, trained with ``recspark.train.trainer.fit`` on
 the training split only); writes one row per (model, metric, k) of the run into
 ``gold/metrics`` (upsert: rerunning a run id replaces its rows) and a report with a plot under
 ``<files>/reports/<run_id>/`` (the file location, see :mod:`recspark.storage`).
@@ -163,16 +163,17 @@ class Holdout:
     counts: dict[str, int]
 
 
-def _trainer() -> Any:
-    """recspark's trainer (torch, petastorm): imported only when recspark is evaluated."""
+def _trainer() -> tuple[Any, Any]:
+    """recspark's trainer and inference modules (torch, petastorm): imported only when recspark
+    is evaluated."""
     try:
-        from recspark.train import api
+        from recspark.train import inference, trainer
     except ImportError as e:
         raise StageNotReadyError(
             f"evaluate: model 'recspark' needs recspark.train ({e}); set "
             "evaluate.models to the baselines only to run without it"
         ) from e
-    return api
+    return trainer, inference
 
 
 def holdout(
@@ -267,12 +268,12 @@ def _content(r: _Run) -> tuple[DataFrame, str, str | None]:
 
 
 def _recspark(r: _Run) -> tuple[DataFrame, str, str | None]:
-    trainer = _trainer()
+    trainer, inference = _trainer()
     tev, emb = r.cut.events, r.embeddings
     model_dir = r.cfg.locations().model_dir(f"evaluate/{r.run_id}")
     result = trainer.fit(r.spark, r.cfg, tev, r.items, emb, model_dir)
-    iv = trainer.item_vectors(r.spark, result.model_dir, r.items, emb)
-    uv = trainer.user_vectors(r.spark, result.model_dir, tev, iv)
+    iv = inference.item_vectors(r.spark, result.model_dir, r.items, emb)
+    uv = inference.user_vectors(r.spark, result.model_dir, tev, iv)
     version = str(result.model_version)
     c = r.cut
     params = r.params(cold_items=True)

@@ -71,7 +71,7 @@ def publish(
         towers: the network's files, kept as artifacts.
     """
     from recspark.registry import pyfunc
-    from recspark.train.api import read_meta
+    from recspark.train.artifacts import read_meta
 
     meta = read_meta(model_dir)
     for col in (TITLE, CATEGORY):
@@ -162,7 +162,7 @@ def mark_served(cfg: Config, model_version: str, ref: models.ModelRef | None) ->
         return {}
     s = store(mc, cfg.locations())
     if ref is None:
-        from recspark.train.api import read_meta
+        from recspark.train.artifacts import read_meta
 
         try:
             meta = read_meta(cfg.locations().model_dir(model_version))

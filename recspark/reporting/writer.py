@@ -86,7 +86,7 @@ def read_training_history(spark: SparkSession, model_dir: str) -> list[dict[str,
     """The per-epoch ``history`` that training saved in ``<model_dir>/meta.json``, or None."""
     from pyspark.errors import PySparkException
 
-    from recspark.train.loop import META_FILE
+    from recspark.train.artifacts import META_FILE
 
     try:
         row = spark.read.text(f"{model_dir.rstrip('/')}/{META_FILE}", wholetext=True).first()

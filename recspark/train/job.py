@@ -5,18 +5,65 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recspark import tables
 from recspark.config import Config
 from recspark.schema import ITEM_ID, MODEL_VERSION, VECTOR
-from recspark.train.api import fit, item_vectors, towers, user_vectors
+from recspark.train.artifacts import towers
+from recspark.train.inference import item_vectors, user_vectors
 from recspark.train.plan import model_version
+from recspark.train.trainer import TrainResult, fit
 
 
 def _input_versions(spark: SparkSession, warehouse: str, names: list[str]) -> dict[str, int]:
     return {name: tables.version(spark, tables.ref(warehouse, name)) for name in names}
+
+
+def _model_dir(spark: SparkSession, cfg: Config, inputs: list[str]) -> tuple[str, dict[str, int]]:
+    """The model folder of the current inputs and settings, and the inputs' Delta versions."""
+    weighting = {  # the interactions' weighting shapes the model as much as a train setting
+        "event_weights": dict(cfg.ingest.event_weights),
+        "decay_half_life_days": cfg.ingest.decay_half_life_days,
+    }
+    read_versions = _input_versions(spark, cfg.warehouse, inputs)
+    version = model_version(
+        {**dataclasses.asdict(cfg.train), **weighting},
+        cfg.seed,
+        read_versions,
+        cfg.train.model_version,
+    )
+    return cfg.locations().model_dir(version), read_versions
+
+
+def _register(
+    spark: SparkSession,
+    cfg: Config,
+    result: TrainResult,
+    iv_saved: DataFrame,
+    items: DataFrame,
+    events: DataFrame,
+    read_versions: dict[str, int],
+) -> dict[str, Any]:
+    """Register the model in MLflow (when tracked); the registered name and version."""
+    if not (cfg.mlflow.enabled and result.mlflow_run_id):
+        return {}
+    from recspark.registry.serving import publish
+
+    ref = publish(
+        spark,
+        cfg,
+        model_dir=result.model_dir,
+        model_version=result.model_version,
+        mlflow_run_id=result.mlflow_run_id,
+        item_vectors=iv_saved.select(ITEM_ID, VECTOR),
+        items=items,
+        events=events,
+        input_versions=read_versions,
+        towers=towers(result.model_dir),
+    )
+    return {"registered_model": ref.name, "registered_version": ref.version}
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
@@ -32,18 +79,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     events = tables.read(spark, wh, tables.SILVER_EVENTS)
     items = tables.read(spark, wh, tables.SILVER_ITEMS)
     embeddings = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
-    weighting = {  # the interactions' weighting shapes the model as much as a train setting
-        "event_weights": dict(cfg.ingest.event_weights),
-        "decay_half_life_days": cfg.ingest.decay_half_life_days,
-    }
-    read_versions = _input_versions(spark, wh, inputs)
-    version = model_version(
-        {**dataclasses.asdict(cfg.train), **weighting},
-        cfg.seed,
-        read_versions,
-        cfg.train.model_version,
-    )
-    model_dir = cfg.locations().model_dir(version)
+    model_dir, read_versions = _model_dir(spark, cfg, inputs)
     result = fit(spark, cfg, events, items, embeddings, model_dir)
     iv = item_vectors(spark, result.model_dir, items, embeddings)
     tables.overwrite(
@@ -54,23 +90,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     tables.overwrite(
         uv.withColumn(MODEL_VERSION, F.lit(result.model_version)), wh, tables.GOLD_USER_VECTORS
     )
-    registered: dict[str, Any] = {}
-    if cfg.mlflow.enabled and result.mlflow_run_id:
-        from recspark.registry.serving import publish
-
-        ref = publish(
-            spark,
-            cfg,
-            model_dir=result.model_dir,
-            model_version=result.model_version,
-            mlflow_run_id=result.mlflow_run_id,
-            item_vectors=iv_saved.select(ITEM_ID, VECTOR),
-            items=items,
-            events=events,
-            input_versions=read_versions,
-            towers=towers(result.model_dir),
-        )
-        registered = {"registered_model": ref.name, "registered_version": ref.version}
+    registered = _register(spark, cfg, result, iv_saved, items, events, read_versions)
     return {
         "stage": "train",
         "model_version": result.model_version,

@@ -21,7 +21,8 @@ from pyspark.sql import SparkSession
 
 from recspark.errors import DependencyError, LaunchError
 from recspark.train import bootstrap
-from recspark.train.loop import HorovodComm, TorchDistComm, TrainSpec, train_worker
+from recspark.train.distributed import HorovodComm, TorchDistComm
+from recspark.train.loop import TrainSpec, train_worker
 from recspark.train.plan import LaunchPlan
 
 

@@ -1,4 +1,5 @@
-"""Each worker's shard of the training Parquet, through Petastorm, as fixed-size batches.
+"""What a worker reads: its shard of the training Parquet, through Petastorm, as fixed-size
+batches; the item features and the validation examples, whole, through pyarrow.
 
 ``make_batch_reader(url, cur_shard=rank, shard_count=size, num_epochs=1)`` gives every worker
 a disjoint set of row groups; the batches it yields (one per row group) are pooled in a shuffle
@@ -9,16 +10,20 @@ epoch (see ``loop.py``), and a worker that runs out takes padding steps of weigh
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from recspark.storage import file_url
 from recspark.storage import local_path as storage_local_path
+from recspark.train.model import ItemFeatures
 
 Batch = dict[str, np.ndarray]
 
@@ -129,3 +134,99 @@ def _shuffled(parts: list[Batch], rng: np.random.Generator) -> Batch:
 def _cut(rows: Batch, start: int, stop: int, batch_size: int) -> Iterator[Batch]:
     for i in range(start, stop, batch_size):
         yield {k: v[i : min(i + batch_size, stop)] for k, v in rows.items()}
+
+
+def load_item_features(path: str) -> tuple[ItemFeatures, torch.Tensor, torch.Tensor]:
+    """Item features (indexed by item_idx) and the known-in-training masks of both phases."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(local_path(path)).sort_by("item_idx")
+    idx = table.column("item_idx").to_numpy()
+    if not np.array_equal(idx, np.arange(len(idx))):
+        raise ValueError(f"{path}: item_idx must be 0..N-1 without gaps")
+    emb = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    cat = table.column("cat_idx").to_numpy().astype(np.int64)
+    known_train = torch.from_numpy(table.column("known_train").to_numpy(zero_copy_only=False))
+    known_all = torch.from_numpy(table.column("known_all").to_numpy(zero_copy_only=False))
+    feats = ItemFeatures(
+        text=torch.from_numpy(emb),
+        id_idx=torch.arange(1, len(idx) + 1, dtype=torch.int64),
+        cat_idx=torch.from_numpy(cat),
+    )
+    return feats, known_train.to(torch.bool), known_all.to(torch.bool)
+
+
+def load_target_counts(path: str, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """How often each item is a training target in the validation phase and in the final one
+    (``n_train`` / ``n_all`` of the item features; ones when a data set predates them)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(local_path(path)).sort_by("item_idx")
+    out = []
+    for name in ("n_train", "n_all"):
+        if name in table.column_names:
+            out.append(torch.from_numpy(table.column(name).to_numpy().astype(np.float64)))
+        else:
+            out.append(torch.ones(n_items, dtype=torch.float64))
+    return out[0], out[1]
+
+
+def _load_examples(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(history, target) of a whole (validation) data set, read with pyarrow."""
+    import pyarrow.parquet as pq
+
+    p = local_path(path)
+    if not Path(p).exists():
+        return torch.zeros((0, 1), dtype=torch.long), torch.zeros((0,), dtype=torch.long)
+    table = pq.read_table(p, columns=["example_id", "target", "history"]).sort_by("example_id")
+    if table.num_rows == 0:
+        return torch.zeros((0, 1), dtype=torch.long), torch.zeros((0,), dtype=torch.long)
+    hist = np.stack(table.column("history").to_numpy(zero_copy_only=False)).astype(np.int64)
+    target = table.column("target").to_numpy().astype(np.int64)
+    return torch.from_numpy(hist), torch.from_numpy(target)
+
+
+def padding_batch(history_len: int) -> Batch:
+    """One row of weight 0: a worker whose shard is exhausted trains on it (zero gradient)."""
+    hist = np.full((1, history_len), -1, dtype=np.int32)
+    hist[0, -1] = 0
+    return {
+        "example_id": np.array([-1], dtype=np.int64),
+        "target": np.array([0], dtype=np.int32),
+        "history": hist,
+        "weight": np.array([0.0], dtype=np.float32),
+    }
+
+
+@dataclass(frozen=True)
+class WorkerData:
+    """What a worker reads once: the item features, which items each phase knows, how often
+    each item is a target in each phase, and this rank's share of the validation examples."""
+
+    feats: ItemFeatures
+    known_train: torch.Tensor
+    known_all: torch.Tensor
+    n_train: torch.Tensor
+    n_all: torch.Tensor
+    valid_hist: torch.Tensor
+    valid_target: torch.Tensor
+
+
+def load_worker_data(data_dir: str, rank: int, size: int, device: torch.device) -> WorkerData:
+    """Read the item features and the validation examples of worker ``rank`` of ``size``
+    (every ``size``-th one) from ``data_dir`` onto ``device``."""
+    items = os.path.join(data_dir, "items")
+    feats, known_train, known_all = load_item_features(items)
+    feats = feats.to(device)
+    n_train, n_all = load_target_counts(items, int(feats.text.shape[0]))
+    valid_hist, valid_target = _load_examples(os.path.join(data_dir, "valid"))
+    mine = slice(rank, None, size)
+    return WorkerData(
+        feats=feats,
+        known_train=known_train,
+        known_all=known_all,
+        n_train=n_train,
+        n_all=n_all,
+        valid_hist=valid_hist[mine].to(device),
+        valid_target=valid_target[mine].to(device),
+    )
