@@ -257,7 +257,7 @@ def test_ingest_mode_is_validated_naming_the_key(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_an_ingest_on_a_checkpoint_in_use_is_refused_and_the_running_query_goes_on(
-    spark: SparkSession, tmp_path: Path
+    spark: SparkSession, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Spark stops a running query when another starts on its checkpoint (its default); the
     named query makes the second ingest fail with ConcurrentWriteError instead."""
@@ -278,4 +278,14 @@ def test_an_ingest_on_a_checkpoint_in_use_is_refused_and_the_running_query_goes_
         assert running.isActive
     finally:
         running.stop()
+    # The stream's session turns AQE off; the batch's own work gets it back.
+    aqe: list[str | None] = []
+    batch_ingest = stream.ingest_batch
+
+    def recording(spark: SparkSession, cfg: Config, raw: DataFrame, **kw: Any) -> Any:
+        aqe.append(raw.sparkSession.conf.get("spark.sql.adaptive.enabled"))
+        return batch_ingest(spark, cfg, raw, **kw)
+
+    monkeypatch.setattr(stream, "ingest_batch", recording)
     assert ingest(spark, cfg)["events"]["batches"] == 1
+    assert aqe == ["true"]

@@ -61,6 +61,7 @@ _COUNTS = (
 # Spark's stream execution): the run reports the batch's own error in one line instead.
 _QUERY_JVM_LOGGERS = ("org.apache.spark.sql.execution.streaming", "org.apache.spark.sql.streaming")
 _QUERY_PY_LOGGERS = ("py4j.clientserver", "py4j.java_gateway")
+_AQE = "spark.sql.adaptive.enabled"
 # What Spark says when a query on the same checkpoint is already active.
 _CONCURRENT_QUERY = ("ConcurrentModificationException", "concurrently using", "already active")
 
@@ -309,8 +310,14 @@ def run_events(
     batches = 0
     failures: list[BaseException] = []
 
+    aqe = spark.conf.get(_AQE, "true")
+
     def each(batch: DataFrame, batch_id: int) -> None:
         nonlocal batches
+        # The stream runs its batches on a session with AQE off (a streaming plan must keep its
+        # partitioning); this sink is stateless, so the batch's own work gets the user's
+        # setting back: AQE coalesces its shuffles and broadcasts its small joins at run time.
+        batch.sparkSession.conf.set(_AQE, aqe or "true")
         try:
             counts = ingest_batch(
                 spark, cfg, batch, run_id=run_id, items=items, window=window, keep=keep
