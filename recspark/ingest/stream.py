@@ -31,8 +31,10 @@ from recspark import schema as S
 from recspark import tables as T
 from recspark.config import Config
 from recspark.errors import ConcurrentWriteError, InputError
+from recspark.ingest import classify as C
 from recspark.ingest import incremental as N
 from recspark.ingest import transforms as X
+from recspark.ingest import validate as V
 from recspark.ingest.job import BROADCAST_TEXT_LOOKUPS, EVENT_STATS, reconcile, summarize
 from recspark.io import (
     detect_format,
@@ -132,7 +134,7 @@ def _stored(spark: SparkSession, cfg: Config, name: str, files: list[str]) -> Da
 
 def _context(
     spark: SparkSession, cfg: Config, raw: DataFrame, files: list[str]
-) -> X.Context | None:
+) -> C.Context | None:
     events = _stored(spark, cfg, T.SILVER_EVENTS, files)
     if events is None:
         return None
@@ -167,7 +169,7 @@ def ingest_batch(
     if read == 0:
         return dict.fromkeys(_COUNTS, 0) | {"quarantined_by_reason": {}, "files": 0}
     files = sorted(r[0] for r in raw.select(S.SOURCE_FILE).distinct().collect())
-    classified = X.classify_events(
+    classified = C.classify_events(
         raw,
         items,
         min_ts=window[0],
@@ -184,7 +186,7 @@ def ingest_batch(
     counts = summarize(classified)
     reconcile("events", read, counts)
 
-    accepted = classified.where(F.col(X.STATUS) == "accepted")
+    accepted = classified.where(F.col(C.STATUS) == "accepted")
     events = X.to_silver_events(accepted, run_id=run_id)
     inserted, _ = T.insert_new(
         spark,
@@ -197,8 +199,8 @@ def ingest_batch(
         stats_columns=EVENT_STATS,
     )
 
-    quarantined = classified.where(F.col(X.STATUS) == "quarantined")
-    late = sum(counts["quarantined_by_reason"].get(r, 0) for r in (X.BOT, X.UNKNOWN_ITEM))
+    quarantined = classified.where(F.col(C.STATUS) == "quarantined")
+    late = sum(counts["quarantined_by_reason"].get(r, 0) for r in (V.BOT, V.UNKNOWN_ITEM))
     if late:
         quarantined = quarantined.persist(StorageLevel.MEMORY_AND_DISK)
         keep.append(quarantined)
@@ -211,7 +213,7 @@ def ingest_batch(
     # Users who became bots in this batch: their stored events go to the quarantine too (first
     # inserted there, then deleted from silver/events: a rerun finds what is left to move).
     requarantined = 0
-    bots = N.new_bots(classified) if counts["quarantined_by_reason"].get(X.BOT) else None
+    bots = N.new_bots(classified) if counts["quarantined_by_reason"].get(V.BOT) else None
     if bots is not None:
         moved = N.stored_events_of(T.read(spark, cfg.warehouse, T.SILVER_EVENTS), bots)
         moved = moved.persist(StorageLevel.MEMORY_AND_DISK)
