@@ -38,8 +38,8 @@ from recspark import tables as T
 from recspark.cli import build_session
 from recspark.config import Config, load_config
 from recspark.generate.job import run as generate
-from recspark.ingest.job import EVENT_STATS
 from recspark.ingest.job import run as ingest
+from recspark.ingest.store import EVENT_STATS
 from recspark.ingest.transforms import build_interactions, to_silver_events
 from recspark.ingest.validate import parse_timestamp
 
