@@ -24,7 +24,6 @@ from recspark.ingest import classify as C
 from recspark.ingest import incremental as N
 from recspark.ingest import stream
 from recspark.ingest import transforms as X
-from recspark.ingest import validate as V
 
 WINDOW = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
 RAW = StructType([StructField(S.RAW, StringType()), StructField(S.SOURCE_FILE, StringType())])
@@ -226,7 +225,7 @@ def test_a_batch_classified_with_its_context_equals_the_full_classification(
     both = C.classify_events(b1.unionByName(b2), items, **params)
     want = both.where(F.col(S.SOURCE_FILE) == "f2").select(*cols)
     assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
-    assert got.where(F.col(S.REASON) == V.BOT).count() == 4
+    assert got.where(F.col(S.REASON) == S.Reason.BOT).count() == 4
 
 
 def test_a_file_changed_after_it_was_read_is_reported(spark: SparkSession, tmp_path: Path) -> None:

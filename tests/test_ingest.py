@@ -121,12 +121,12 @@ def test_restore_text_finds_the_text_classification_did_not_carry(
     got = sorted((r[S.RAW], r[C.STATUS], r[S.REASON]) for r in restored.collect())
     assert got == sorted(
         [
-            (same, "quarantined", V.UNKNOWN_ITEM),
+            (same, "quarantined", S.Reason.UNKNOWN_ITEM),
             (same, "duplicate", None),
             (lines[2], "accepted", None),
-            (lines[3], "quarantined", V.UNKNOWN_ITEM),
-            ('{"user_id": "w"}', "quarantined", V.MISSING_FIELD),
-            ("{", "quarantined", V.MALFORMED_JSON),
+            (lines[3], "quarantined", S.Reason.UNKNOWN_ITEM),
+            ('{"user_id": "w"}', "quarantined", S.Reason.MISSING_FIELD),
+            ("{", "quarantined", S.Reason.MALFORMED_JSON),
         ]
     )
 
@@ -498,7 +498,7 @@ def test_ingest_recovers_injected_counts_is_idempotent_and_adds_only_new_batches
         for p in (tmp_path / "gen" / "events").glob("*.jsonl")
         for line in p.read_text(encoding="utf-8").split("\n")
     }
-    late = quarantine.where(F.col(S.REASON).isin(V.BOT, V.UNKNOWN_ITEM))
+    late = quarantine.where(F.col(S.REASON).isin(S.Reason.BOT, S.Reason.UNKNOWN_ITEM))
     assert late.count() == expected["quarantined_by_reason"]["bot"] + expected[
         "quarantined_by_reason"
     ].get("unknown_item", 0)

@@ -22,7 +22,6 @@ from recspark import schema as S
 from recspark.config import Config, load_config
 from recspark.errors import InputError
 from recspark.ingest import classify as C
-from recspark.ingest import validate as V
 from recspark.ingest.job import run as ingest
 from recspark.io import input_errors, read_raw
 from recspark.reporting.writer import write_run_report
@@ -186,8 +185,8 @@ def test_parquet_columns_whose_types_differ_between_files(spark: SparkSession) -
     assert {k: v[:3] for k, v in got.items()} == {
         "a_string.parquet": ("p1", "accepted", None),
         "b_number.parquet": ("7", "accepted", None),
-        "c_struct.parquet": ('{"id":"p3"}', "quarantined", V.BAD_TYPE),
-        "d_new_column.parquet": ("p4", "quarantined", V.UNKNOWN_EVENT_TYPE),
+        "c_struct.parquet": ('{"id":"p3"}', "quarantined", S.Reason.BAD_TYPE),
+        "d_new_column.parquet": ("p4", "quarantined", S.Reason.UNKNOWN_EVENT_TYPE),
     }
     assert json.loads(got["d_new_column.parquet"][3])["browser"] == "firefox"
 

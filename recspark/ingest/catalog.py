@@ -11,7 +11,6 @@ from pyspark.sql import functions as F
 from recspark import schema as S
 from recspark.ingest.classify import IS_DUPLICATE, with_status
 from recspark.ingest.validate import (
-    DUPLICATE_ITEM_ID,
     clean,
     first_failure,
     parse_json_records,
@@ -84,7 +83,9 @@ def classify_items(raw: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
     same = fields.eqNullSafe(F.col("_winner"))
     out = ranked.select(
         *[c for c in base.columns if c not in (S.REASON, S.DETAIL)],
-        F.when(loser & ~same, F.lit(DUPLICATE_ITEM_ID)).otherwise(F.col(S.REASON)).alias(S.REASON),
+        F.when(loser & ~same, F.lit(S.Reason.DUPLICATE_ITEM_ID))
+        .otherwise(F.col(S.REASON))
+        .alias(S.REASON),
         F.when(loser & ~same, F.col(S.ITEM_ID)).otherwise(F.col(S.DETAIL)).alias(S.DETAIL),
         (loser & same).alias(IS_DUPLICATE),
     )

@@ -15,7 +15,7 @@ from pyspark.sql import Column, DataFrame, Window, WindowSpec
 from pyspark.sql import functions as F
 
 from recspark import schema as S
-from recspark.ingest.validate import BOT, UNKNOWN_ITEM, parse_json_records, validate_events
+from recspark.ingest.validate import parse_json_records, validate_events
 
 IS_DUPLICATE = "is_duplicate"
 # A 64-bit hash of the record text: carried instead of the text through classification's
@@ -345,8 +345,8 @@ def _flag_per_user(
     unknown = _accepted_so_far() & ~bot & F.col(KNOWN).isNull() & F.lit(quarantine_unknown_items)
     flagged = marked.select(
         *[c for c in marked.columns if c not in (S.REASON, S.DETAIL)],
-        F.when(bot, F.lit(BOT))
-        .when(unknown, F.lit(UNKNOWN_ITEM))
+        F.when(bot, F.lit(S.Reason.BOT))
+        .when(unknown, F.lit(S.Reason.UNKNOWN_ITEM))
         .otherwise(F.col(S.REASON))
         .alias(S.REASON),
         F.when(bot, detail)

@@ -111,7 +111,9 @@ def hour_counts(classified: DataFrame) -> DataFrame:
     Args:
         classified: output of :func:`recspark.ingest.classify.classify_events`.
     """
-    counted = (F.col(C.STATUS) == "accepted") | F.col(S.REASON).isin(V.BOT, V.UNKNOWN_ITEM)
+    counted = (F.col(C.STATUS) == "accepted") | F.col(S.REASON).isin(
+        S.Reason.BOT, S.Reason.UNKNOWN_ITEM
+    )
     return (
         classified.where(counted)
         .groupBy(
@@ -130,7 +132,7 @@ def new_bots(classified: DataFrame) -> DataFrame:
         classified: output of :func:`recspark.ingest.classify.classify_events`.
     """
     return (
-        classified.where(F.col(S.REASON) == V.BOT)
+        classified.where(F.col(S.REASON) == S.Reason.BOT)
         .groupBy(S.USER_ID)
         .agg(F.max(S.DETAIL).alias(S.DETAIL))
     )
@@ -143,7 +145,7 @@ def stored_events_of(events: DataFrame, bots: DataFrame) -> DataFrame:
         events: ``silver/events``.
         bots: output of :func:`new_bots`.
     """
-    return events.join(bots, S.USER_ID, "inner").withColumn(S.REASON, F.lit(V.BOT))
+    return events.join(bots, S.USER_ID, "inner").withColumn(S.REASON, F.lit(S.Reason.BOT))
 
 
 def moved_to_quarantine(

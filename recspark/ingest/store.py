@@ -24,7 +24,6 @@ from recspark.errors import ReconciliationError
 from recspark.ingest import classify as C
 from recspark.ingest import incremental as N
 from recspark.ingest import transforms as X
-from recspark.ingest import validate as V
 from recspark.ingest.config import IngestConfig
 
 # The columns of silver/events whose file statistics serve queries (the key is a hash).
@@ -175,7 +174,9 @@ def _rejected(
 ) -> DataFrame:
     """The ``silver/quarantine`` rows of the quarantined records, their text restored."""
     quarantined = classified.where(F.col(C.STATUS) == "quarantined")
-    late = sum(counts["quarantined_by_reason"].get(r, 0) for r in (V.BOT, V.UNKNOWN_ITEM))
+    late = sum(
+        counts["quarantined_by_reason"].get(r, 0) for r in (S.Reason.BOT, S.Reason.UNKNOWN_ITEM)
+    )
     if late:  # else every quarantined row carries its text: the input is not read again
         # restore_text reads the rejected rows twice (which texts to find, and the rows): kept
         # apart from the whole classification, which each read would scan again.

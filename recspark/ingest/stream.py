@@ -35,7 +35,6 @@ from recspark.ingest import classify as C
 from recspark.ingest import incremental as N
 from recspark.ingest import store as W
 from recspark.ingest import transforms as X
-from recspark.ingest import validate as V
 from recspark.io import (
     detect_format,
     jsonl_records,
@@ -178,7 +177,9 @@ def ingest_batch(
     summary = stored.summary()
     W.insert_quarantine(spark, cfg, [(summary, stored.rejected)])
     bots = (
-        N.new_bots(stored.classified) if stored.counts["quarantined_by_reason"].get(V.BOT) else None
+        N.new_bots(stored.classified)
+        if stored.counts["quarantined_by_reason"].get(S.Reason.BOT)
+        else None
     )
     requarantined = 0
     if bots is not None:

@@ -18,20 +18,6 @@ from recspark import schema as S
 
 CORRUPT = "_corrupt_record"
 
-# Reason codes written to silver/quarantine.
-EMPTY_RECORD = "empty_record"
-BAD_ENCODING = "bad_encoding"
-MALFORMED_JSON = "malformed_json"
-MISSING_FIELD = "missing_field"
-BAD_TYPE = "bad_type"
-UNKNOWN_EVENT_TYPE = "unknown_event_type"
-BAD_TIMESTAMP = "bad_timestamp"
-OUT_OF_WINDOW = "out_of_window"
-BAD_VALUE = "bad_value"
-UNKNOWN_ITEM = "unknown_item"
-BOT = "bot"
-DUPLICATE_ITEM_ID = "duplicate_item_id"
-
 _NUMBER = r"^[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$"
 _ISO_WITH_OFFSET = (
     r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?\s*(Z|z|[+-]\d{2}(:?\d{2})?)$"
@@ -88,18 +74,18 @@ def record_checks(
     """
     raw = F.col(raw_col)
     checks: list[tuple[Column, str, Column]] = [
-        (_blank(raw), EMPTY_RECORD, F.lit(None)),
+        (_blank(raw), S.Reason.EMPTY_RECORD, F.lit(None)),
         (
             raw.contains("\ufffd") | raw.contains("\u0000"),
-            BAD_ENCODING,
+            S.Reason.BAD_ENCODING,
             F.when(raw.contains("\u0000"), F.lit("NUL byte")).otherwise(
                 F.lit("not UTF-8 (U+FFFD)")
             ),
         ),
-        (F.col(CORRUPT).isNotNull(), MALFORMED_JSON, F.lit(None)),
+        (F.col(CORRUPT).isNotNull(), S.Reason.MALFORMED_JSON, F.lit(None)),
     ]
     for field in required:
-        checks.append((_blank(F.col(field)), MISSING_FIELD, F.lit(field)))
+        checks.append((_blank(F.col(field)), S.Reason.MISSING_FIELD, F.lit(field)))
     for field in scalars:
         text = F.ltrim(F.col(field))
         nested = text.startswith("{") | text.startswith("[")
@@ -107,7 +93,7 @@ def record_checks(
         # The parsed text alone cannot tell `true` from `"true"`: the raw text confirms it
         # (a regex run only on the rare rows whose field reads as one of these words).
         bare = F.col(field).isin(*tokens) & raw.rlike(f'"{field}"\\s*:\\s*[+-]?[A-Za-z]')
-        checks.append((F.coalesce(nested | bare, F.lit(False)), BAD_TYPE, F.lit(field)))
+        checks.append((F.coalesce(nested | bare, F.lit(False)), S.Reason.BAD_TYPE, F.lit(field)))
     return checks
 
 
@@ -187,10 +173,14 @@ def _event_checks(
     )
     return [
         *checks,
-        (~etype.isin(list(event_types)), UNKNOWN_EVENT_TYPE, F.col(S.EVENT_TYPE)),
-        (ts.isNull(), BAD_TIMESTAMP, F.col(S.EVENT_TS)),
-        ((ts < F.lit(min_ts)) | (ts > F.lit(max_ts)), OUT_OF_WINDOW, F.col(S.EVENT_TS)),
-        (~_blank(F.col(S.VALUE)) & (value.isNull() | F.isnan(value)), BAD_VALUE, F.col(S.VALUE)),
+        (~etype.isin(list(event_types)), S.Reason.UNKNOWN_EVENT_TYPE, F.col(S.EVENT_TYPE)),
+        (ts.isNull(), S.Reason.BAD_TIMESTAMP, F.col(S.EVENT_TS)),
+        ((ts < F.lit(min_ts)) | (ts > F.lit(max_ts)), S.Reason.OUT_OF_WINDOW, F.col(S.EVENT_TS)),
+        (
+            ~_blank(F.col(S.VALUE)) & (value.isNull() | F.isnan(value)),
+            S.Reason.BAD_VALUE,
+            F.col(S.VALUE),
+        ),
     ]
 
 

@@ -11,7 +11,6 @@ from pyspark.sql import functions as F
 
 from recspark import schema as S
 from recspark.ingest import classify as C
-from recspark.ingest import validate as V
 
 
 def mark_duplicates(validated: DataFrame, *, raw_col: str = S.RAW) -> DataFrame:
@@ -46,7 +45,7 @@ def flag_bots(df: DataFrame, *, events_per_hour: int, min_busy_hours: int) -> Da
     is_bot = C.is_bot(min_busy_hours)
     return stats.select(
         *[c for c in df.columns if c not in (S.REASON, S.DETAIL)],
-        F.when(is_bot, F.lit(V.BOT)).otherwise(F.col(S.REASON)).alias(S.REASON),
+        F.when(is_bot, F.lit(S.Reason.BOT)).otherwise(F.col(S.REASON)).alias(S.REASON),
         F.when(is_bot, C.bot_detail()).otherwise(F.col(S.DETAIL)).alias(S.DETAIL),
     )
 
