@@ -5,11 +5,12 @@ Spark Structured Streaming's file source (or Databricks Auto Loader, ``ingest.st
 autoloader``) lists ``input.events``; its checkpoint (``Locations.stream_checkpoint("events")``,
 under the file location) records which files each batch read. A run is one
 ``trigger(availableNow=True)`` query: every file not seen yet, then stop; with nothing new, no
-batch runs and no table is written. Each batch (``foreachBatch``) classifies its records with
-the same transforms as the full ingest plus the stored context of earlier batches
-(:mod:`recspark.ingest.incremental`), and writes with MERGEs that a rerun of the same batch
-repeats without effect: a run killed mid-batch leaves the batch uncommitted in the checkpoint,
-and the next run does it again, ending with the tables an uninterrupted run writes.
+batch runs and no table is written. Each batch (``foreachBatch``) classifies and writes its
+records with the same steps as the full ingest (:mod:`recspark.ingest.store`) plus the stored
+context of earlier batches (:mod:`recspark.ingest.incremental`), and writes with MERGEs that a
+rerun of the same batch repeats without effect: a run killed mid-batch leaves the batch
+uncommitted in the checkpoint, and the next run does it again, ending with the tables an
+uninterrupted run writes.
 """
 
 from __future__ import annotations
