@@ -38,9 +38,10 @@ from recspark import tables as T
 from recspark.cli import build_session
 from recspark.config import Config, load_config
 from recspark.generate.job import run as generate
-from recspark.ingest.job import EVENT_STATS
 from recspark.ingest.job import run as ingest
-from recspark.ingest.transforms import build_interactions, parse_timestamp, to_silver_events
+from recspark.ingest.store import EVENT_STATS
+from recspark.ingest.transforms import build_interactions, to_silver_events
+from recspark.ingest.validate import parse_timestamp
 
 
 def plain_copy(spark: SparkSession, events: str, target: str) -> None:

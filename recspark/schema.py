@@ -6,6 +6,8 @@ deployment with other names can pass its own without editing code.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pyspark.sql.types import (
     ArrayType,
     DateType,
@@ -66,6 +68,26 @@ VECTOR = "vector"  # gold/item_vectors, gold/user_vectors (train); scored by dot
 POPULARITY = "popularity"  # recommend/evaluate: sum of interaction weights of an item
 IS_COLD = "is_cold"  # recommend/evaluate: an item with no interactions
 SEEN = "seen"  # recommend: the items a user interacted with
+
+# --- quarantine reason codes (silver/quarantine.reason) -----------------------------------
+
+
+class Reason(StrEnum):
+    """Why a record is quarantined: the values are the strings ``silver/quarantine`` holds."""
+
+    EMPTY_RECORD = "empty_record"
+    BAD_ENCODING = "bad_encoding"
+    MALFORMED_JSON = "malformed_json"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    BAD_TIMESTAMP = "bad_timestamp"
+    OUT_OF_WINDOW = "out_of_window"
+    BAD_VALUE = "bad_value"
+    UNKNOWN_ITEM = "unknown_item"
+    BOT = "bot"
+    DUPLICATE_ITEM_ID = "duplicate_item_id"
+
 
 # Accepted event types (contract); their weights are configurable.
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "add_to_cart", "purchase", "rating")

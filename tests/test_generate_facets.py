@@ -8,6 +8,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from recspark.generate import transforms as G
+from recspark.generate import words as W
 
 CATEGORIES = 4
 
@@ -18,13 +19,13 @@ def test_item_text_states_its_facet_and_facets_zero_keeps_the_old_text(
     items = G.generate_items(spark.range(48), categories=CATEGORIES, seed=1, facets=6).collect()
     for r in items:
         facet = (r["index"] // CATEGORIES) % 6
-        words = set(G._FACETS[facet])
+        words = set(W.FACETS[facet])
         assert r["title"].split()[1].lower() in words, r["title"]
         desc = {w.strip(".").lower() for w in r["description"].split()}
-        others = set().union(*[set(ws) for f, ws in enumerate(G._FACETS) if f != facet])
+        others = set().union(*[set(ws) for f, ws in enumerate(W.FACETS) if f != facet])
         assert not desc & others  # only its own facet's words
     plain = G.generate_items(spark.range(48), categories=CATEGORIES, seed=1, facets=0).collect()
-    every = set().union(*[set(ws) for ws in G._FACETS])
+    every = set().union(*[set(ws) for ws in W.FACETS])
     assert not any(r["title"].split()[1].lower() in every for r in plain)
 
 
@@ -38,15 +39,17 @@ def test_events_lean_towards_the_user_s_facet(spark: SparkSession) -> None:
         end_epoch=1_700_000_000,
         days=7,
         seed=3,
-        session_mean_events=4.0,
-        event_id_fraction=1.0,
-        session_id_fraction=0.0,
-        item_popularity_exponent=2.0,
-        user_activity_exponent=1.0,
-        taste_strength=0.8,
-        cold_items=0.0,
-        facets=6,
-        facet_strength=0.5,
+        behaviour=G.Behaviour(
+            session_mean_events=4.0,
+            event_id_fraction=1.0,
+            session_id_fraction=0.0,
+            item_popularity_exponent=2.0,
+            user_activity_exponent=1.0,
+            taste_strength=0.8,
+            cold_items=0.0,
+            facets=6,
+            facet_strength=0.5,
+        ),
     )
     idx = F.regexp_extract("item_id", r"(\d+)$", 1).cast("int")
     rows = ev.select("user_id", G.item_facet(idx, CATEGORIES, 6).alias("f")).collect()

@@ -20,6 +20,7 @@ from recspark import schema as S
 from recspark import tables as T
 from recspark.config import Config, load_config
 from recspark.errors import ConcurrentWriteError, ConfigError
+from recspark.ingest import classify as C
 from recspark.ingest import incremental as N
 from recspark.ingest import stream
 from recspark.ingest import transforms as X
@@ -210,8 +211,8 @@ def test_a_batch_classified_with_its_context_equals_the_full_classification(
         "bot_min_busy_hours": 2,
         "session_gap_minutes": 30,
     }
-    first = X.classify_events(b1, items, **params)
-    stored = X.to_silver_events(first.where(F.col(X.STATUS) == "accepted"), run_id="r")
+    first = C.classify_events(b1, items, **params)
+    stored = X.to_silver_events(first.where(F.col(C.STATUS) == "accepted"), run_id="r")
     ctx = N.context(
         stored,
         N.hour_counts(first),
@@ -219,12 +220,12 @@ def test_a_batch_classified_with_its_context_equals_the_full_classification(
         gap_minutes=30,
         events_per_hour=3,
     )
-    cols = [X.RAW_HASH, X.STATUS, S.REASON, S.DETAIL, S.SESSION_ID, S.EVENT_KEY]
-    got = X.classify_events(b2, items, context=ctx, **params).select(*cols)
-    both = X.classify_events(b1.unionByName(b2), items, **params)
+    cols = [C.RAW_HASH, C.STATUS, S.REASON, S.DETAIL, S.SESSION_ID, S.EVENT_KEY]
+    got = C.classify_events(b2, items, context=ctx, **params).select(*cols)
+    both = C.classify_events(b1.unionByName(b2), items, **params)
     want = both.where(F.col(S.SOURCE_FILE) == "f2").select(*cols)
     assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
-    assert got.where(F.col(S.REASON) == X.BOT).count() == 4
+    assert got.where(F.col(S.REASON) == S.Reason.BOT).count() == 4
 
 
 def test_a_file_changed_after_it_was_read_is_reported(spark: SparkSession, tmp_path: Path) -> None:

@@ -21,7 +21,11 @@ from pyspark.sql.types import (
 )
 
 from recspark import schema as S
+from recspark.ingest import catalog as K
+from recspark.ingest import classify as C
 from recspark.ingest import transforms as X
+from recspark.ingest import validate as V
+from tests.support import reference as R
 
 DATA = Path(__file__).parent / "data"
 WINDOW = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
@@ -50,7 +54,7 @@ def test_parse_timestamp_formats(spark: SparkSession) -> None:
     ]
     schema = StructType([StructField("s", StringType()), StructField("ts", TimestampType())])
     df = spark.createDataFrame(cases, schema)
-    actual = df.select("s", X.parse_timestamp(F.col("s")).alias("ts"))
+    actual = df.select("s", V.parse_timestamp(F.col("s")).alias("ts"))
     assert_df_equality(actual, df, ignore_nullable=True)
 
 
@@ -69,7 +73,7 @@ def _outcome(row: dict) -> str:
 
 def test_bad_item_corpus_every_record_has_its_expected_outcome(spark: SparkSession) -> None:
     raw, expected = _corpus(spark, "items_corpus")
-    rows = X.classify_items(raw).select(S.RAW, X.STATUS, S.REASON).collect()
+    rows = K.classify_items(raw).select(S.RAW, C.STATUS, S.REASON).collect()
     by_raw: dict[str, list[str]] = {}
     for r in rows:
         by_raw.setdefault(r[S.RAW], []).append(_outcome(r.asDict()))
@@ -82,15 +86,15 @@ def test_bad_item_corpus_every_record_has_its_expected_outcome(spark: SparkSessi
 
 def _items(spark: SparkSession) -> object:
     raw, _ = _corpus(spark, "items_corpus")
-    return X.to_silver_items(X.classify_items(raw).where("status = 'accepted'"))
+    return K.to_silver_items(K.classify_items(raw).where("status = 'accepted'"))
 
 
 def test_bad_event_corpus_every_record_has_its_expected_outcome(spark: SparkSession) -> None:
     raw, expected = _corpus(spark, "events_corpus")
-    classified = X.classify_events(
+    classified = C.classify_events(
         raw, _items(spark), min_ts=WINDOW[0], max_ts=WINDOW[1], bot_events_per_hour=600
     )
-    rows = X.restore_text(classified, raw).select(S.RAW, X.STATUS, S.REASON).collect()
+    rows = X.restore_text(classified, raw).select(S.RAW, C.STATUS, S.REASON).collect()
     lines = (DATA / "events_corpus.jsonl").read_text(encoding="utf-8").split("\n")[:-1]
     assert len(rows) == len(lines)  # nothing lost, nothing multiplied by the catalog join
     got = {r[S.RAW]: _outcome(r.asDict()) for r in rows}
@@ -109,20 +113,20 @@ def test_restore_text_finds_the_text_classification_did_not_carry(
     lines = [same, same, line("u", "i1", 2), line("v", "gone", 3), '{"user_id": "w"}', "{"]
     raw = _raw(spark, lines)
     items = spark.createDataFrame([("i1", "a")], "item_id string, category string")
-    classified = X.classify_events(raw, items, min_ts=WINDOW[0], max_ts=WINDOW[1])
+    classified = C.classify_events(raw, items, min_ts=WINDOW[0], max_ts=WINDOW[1])
     # Only the records rejected before the shuffle keep their text (missing field, malformed).
     carried = {r[S.RAW] for r in classified.collect() if r[S.RAW] is not None}
     assert carried == {'{"user_id": "w"}', "{"}
     restored = X.restore_text(classified, raw, broadcast=broadcast)
-    got = sorted((r[S.RAW], r[X.STATUS], r[S.REASON]) for r in restored.collect())
+    got = sorted((r[S.RAW], r[C.STATUS], r[S.REASON]) for r in restored.collect())
     assert got == sorted(
         [
-            (same, "quarantined", X.UNKNOWN_ITEM),
+            (same, "quarantined", S.Reason.UNKNOWN_ITEM),
             (same, "duplicate", None),
             (lines[2], "accepted", None),
-            (lines[3], "quarantined", X.UNKNOWN_ITEM),
-            ('{"user_id": "w"}', "quarantined", X.MISSING_FIELD),
-            ("{", "quarantined", X.MALFORMED_JSON),
+            (lines[3], "quarantined", S.Reason.UNKNOWN_ITEM),
+            ('{"user_id": "w"}', "quarantined", S.Reason.MISSING_FIELD),
+            ("{", "quarantined", S.Reason.MALFORMED_JSON),
         ]
     )
 
@@ -131,8 +135,8 @@ def test_validate_normalises_fields(spark: SparkSession) -> None:
     line = (
         '{"user_id":" u1 ","item_id":"i1","event_type":" Rating","event_ts":1709290000,"value":"4"}'
     )
-    parsed = X.parse_json_records(_raw(spark, [line]), S.RAW_EVENT_SCHEMA)
-    row = X.validate_events(parsed, min_ts=WINDOW[0], max_ts=WINDOW[1]).first()
+    parsed = V.parse_json_records(_raw(spark, [line]), S.RAW_EVENT_SCHEMA)
+    row = V.validate_events(parsed, min_ts=WINDOW[0], max_ts=WINDOW[1]).first()
     assert row is not None
     assert (row[S.USER_ID], row[S.EVENT_TYPE], row[S.VALUE], row[S.REASON]) == (
         "u1",
@@ -173,7 +177,7 @@ def test_mark_duplicates_keeps_the_earliest(spark: SparkSession) -> None:
         ],
         EV,
     )
-    got = {r[S.RAW]: r[X.IS_DUPLICATE] for r in X.mark_duplicates(df).collect()}
+    got = {r[S.RAW]: r[C.IS_DUPLICATE] for r in R.mark_duplicates(df).collect()}
     assert got == {"r1": True, "r2": False, "r3": False, "r4": True, "r5": False, "r6": False}
 
 
@@ -209,7 +213,7 @@ def test_sessionize_cuts_at_the_gap_and_keeps_given_ids(spark: SparkSession) -> 
         ],
         schema,
     )
-    actual = X.sessionize(df, gap_minutes=30)
+    actual = R.sessionize(df, gap_minutes=30)
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
 
 
@@ -240,7 +244,7 @@ def test_sessions_filled_during_classification_match_sessionize(spark: SparkSess
     items = spark.createDataFrame([("i1", "a"), ("i2", "b")], "item_id string, category string")
 
     def classify(gap: float | None) -> DataFrame:
-        return X.classify_events(
+        return C.classify_events(
             _raw(spark, lines),
             items,
             min_ts=WINDOW[0],
@@ -252,16 +256,16 @@ def test_sessions_filled_during_classification_match_sessionize(spark: SparkSess
 
     plain, filled = classify(None), classify(30)
     cols = [S.EVENT_KEY, S.USER_ID, S.EVENT_TS, S.SESSION_ID]
-    accepted = plain.where(F.col(X.STATUS) == "accepted").select(*cols)
-    expected = X.sessionize(accepted, gap_minutes=30)
-    actual = filled.where(F.col(X.STATUS) == "accepted").select(*cols)
+    accepted = plain.where(F.col(C.STATUS) == "accepted").select(*cols)
+    expected = R.sessionize(accepted, gap_minutes=30)
+    actual = filled.where(F.col(C.STATUS) == "accepted").select(*cols)
     assert_df_equality(actual, expected, ignore_row_order=True, ignore_nullable=True)
     sessions = {r[S.SESSION_ID] for r in actual.where(F.col(S.USER_ID) == "u").collect()}
     assert len(sessions) == 3  # 0-20, 60-85 (the unknown item does not bridge), "given"
-    assert filled.where(F.col(X.STATUS) == "accepted").count() == 7
+    assert filled.where(F.col(C.STATUS) == "accepted").count() == 7
     assert filled.where(F.col(S.REASON) == "bot").count() == 8
     # Rows that are not accepted keep their session as read (null here).
-    rest = filled.where(F.col(X.STATUS) != "accepted").where(F.col(S.SESSION_ID).isNotNull())
+    rest = filled.where(F.col(C.STATUS) != "accepted").where(F.col(S.SESSION_ID).isNotNull())
     assert rest.count() == 0
 
 
@@ -282,7 +286,7 @@ def test_catalog_lookup_before_the_shuffle_keeps_reasons_and_sessions(spark: Spa
     items = spark.createDataFrame([("i1", "a"), ("i2", "b")], "item_id string, category string")
 
     def classify(*, broadcast: bool, quarantine_unknown: bool) -> DataFrame:
-        out = X.classify_events(
+        out = C.classify_events(
             _raw(spark, lines),
             items,
             min_ts=WINDOW[0],
@@ -293,7 +297,7 @@ def test_catalog_lookup_before_the_shuffle_keeps_reasons_and_sessions(spark: Spa
             bot_min_busy_hours=2,
             session_gap_minutes=30,
         )
-        cols = [X.RAW_HASH, S.USER_ID, S.ITEM_ID, X.STATUS, S.REASON, S.CATEGORY, S.SESSION_ID]
+        cols = [C.RAW_HASH, S.USER_ID, S.ITEM_ID, C.STATUS, S.REASON, S.CATEGORY, S.SESSION_ID]
         return out.select(*cols)
 
     for quarantine_unknown in (True, False):
@@ -309,7 +313,7 @@ def test_catalog_lookup_before_the_shuffle_keeps_reasons_and_sessions(spark: Spa
     assert len({r[S.SESSION_ID] for r in strict if r[S.USER_ID] == "u" and r[S.SESSION_ID]}) == 2
     kept = classify(broadcast=True, quarantine_unknown=False).collect()
     u = [r for r in kept if r[S.USER_ID] == "u"]
-    assert all(r[X.STATUS] == "accepted" for r in u)
+    assert all(r[C.STATUS] == "accepted" for r in u)
     assert {r[S.CATEGORY] for r in u if r[S.ITEM_ID] == "missing"} == {None}
     assert len({r[S.SESSION_ID] for r in u}) == 1  # the kept unknown item bridges the gap
 
@@ -329,9 +333,9 @@ def test_bots_are_flagged_and_fast_human_raters_are_not(spark: SparkSession) -> 
         .withColumn(S.EVENT_TS, F.timestamp_seconds("epoch"))
         .withColumn(S.REASON, F.lit(None).cast("string"))
         .withColumn(S.DETAIL, F.lit(None).cast("string"))
-        .withColumn(X.IS_DUPLICATE, F.lit(False))
+        .withColumn(C.IS_DUPLICATE, F.lit(False))
     )
-    flagged = X.flag_bots(df, events_per_hour=600, min_busy_hours=3)
+    flagged = R.flag_bots(df, events_per_hour=600, min_busy_hours=3)
     got = {
         r[S.USER_ID]: r["n"]
         for r in flagged.where("reason = 'bot'")
@@ -381,7 +385,7 @@ def test_compose_item_text_skips_missing_parts(spark: SparkSession) -> None:
     df = spark.createDataFrame(
         [("Dune", "Sci-Fi", "A  desert\nplanet."), ("Dune", None, " "), ("Dune", "", None)], schema
     )
-    got = [r[0] for r in df.select(X.compose_item_text()).collect()]
+    got = [r[0] for r in df.select(K.compose_item_text()).collect()]
     assert got == ["Dune. Category: Sci-Fi. A desert planet.", "Dune", "Dune"]
 
 
@@ -494,7 +498,7 @@ def test_ingest_recovers_injected_counts_is_idempotent_and_adds_only_new_batches
         for p in (tmp_path / "gen" / "events").glob("*.jsonl")
         for line in p.read_text(encoding="utf-8").split("\n")
     }
-    late = quarantine.where(F.col(S.REASON).isin(X.BOT, X.UNKNOWN_ITEM))
+    late = quarantine.where(F.col(S.REASON).isin(S.Reason.BOT, S.Reason.UNKNOWN_ITEM))
     assert late.count() == expected["quarantined_by_reason"]["bot"] + expected[
         "quarantined_by_reason"
     ].get("unknown_item", 0)

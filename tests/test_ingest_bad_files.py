@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 from recspark import schema as S
 from recspark.config import Config, load_config
 from recspark.errors import InputError
-from recspark.ingest import transforms as X
+from recspark.ingest import classify as C
 from recspark.ingest.job import run as ingest
 from recspark.io import input_errors, read_raw
 from recspark.reporting.writer import write_run_report
@@ -179,16 +179,16 @@ def test_parquet_columns_whose_types_differ_between_files(spark: SparkSession) -
     # user_id a string, a number or a struct depending on the file: each file keeps its types.
     every = read_raw(spark, str(drift))
     items = spark.createDataFrame([("i1", None)], "item_id string, category string")
-    classified = X.classify_events(every, items, min_ts=WINDOW[0], max_ts=WINDOW[1])
+    classified = C.classify_events(every, items, min_ts=WINDOW[0], max_ts=WINDOW[1])
     got = {
-        r[S.SOURCE_FILE].rsplit("/", 1)[-1]: (r[S.USER_ID], r[X.STATUS], r[S.REASON], r[S.RAW])
+        r[S.SOURCE_FILE].rsplit("/", 1)[-1]: (r[S.USER_ID], r[C.STATUS], r[S.REASON], r[S.RAW])
         for r in classified.collect()
     }
     assert {k: v[:3] for k, v in got.items()} == {
         "a_string.parquet": ("p1", "accepted", None),
         "b_number.parquet": ("7", "accepted", None),
-        "c_struct.parquet": ('{"id":"p3"}', "quarantined", X.BAD_TYPE),
-        "d_new_column.parquet": ("p4", "quarantined", X.UNKNOWN_EVENT_TYPE),
+        "c_struct.parquet": ('{"id":"p3"}', "quarantined", S.Reason.BAD_TYPE),
+        "d_new_column.parquet": ("p4", "quarantined", S.Reason.UNKNOWN_EVENT_TYPE),
     }
     assert json.loads(got["d_new_column.parquet"][3])["browser"] == "firefox"
 

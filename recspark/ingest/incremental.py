@@ -2,7 +2,7 @@
 what it changes in them beyond its own records.
 
 A batch (the event files a run has not seen) is classified by
-:func:`recspark.ingest.transforms.classify_events` with a :class:`~recspark.ingest.transforms.
+:func:`recspark.ingest.classify.classify_events` with a :class:`~recspark.ingest.classify.
 Context` built here from ``silver/events`` and ``silver/event_hours``, restricted to the batch's
 users; so a duplicate of a stored event is a duplicate, a session continues across the
 boundary and the bot rule counts the stored hours. A user who becomes a bot in this batch has
@@ -19,7 +19,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recspark import schema as S
+from recspark.ingest import classify as C
 from recspark.ingest import transforms as X
+from recspark.ingest import validate as V
 
 
 def batch_users(raw: DataFrame) -> DataFrame:
@@ -28,14 +30,14 @@ def batch_users(raw: DataFrame) -> DataFrame:
     Args:
         raw: the batch's records (``raw``, ``source_file``).
     """
-    parsed = X.parse_json_records(raw, S.RAW_EVENT_SCHEMA)
-    user = X.clean(S.USER_ID)
+    parsed = V.parse_json_records(raw, S.RAW_EVENT_SCHEMA)
+    user = V.clean(S.USER_ID)
     return parsed.select(user.alias(S.USER_ID)).where(F.col(S.USER_ID).isNotNull()).distinct()
 
 
 def session_context(events: DataFrame, *, gap_minutes: float) -> DataFrame:
     """Per user of ``events``: the last event's time (``_ctx_last``) and the start of its
-    session (``_ctx_start``), found as :func:`recspark.ingest.transforms.sessionize` cuts
+    session (``_ctx_start``), found as :func:`recspark.ingest.classify.fill_sessions` cuts
     sessions (a gap of more than ``gap_minutes``).
 
     Args:
@@ -49,7 +51,7 @@ def session_context(events: DataFrame, *, gap_minutes: float) -> DataFrame:
     return (
         events.select(S.USER_ID, ts, start.alias("_start"))
         .groupBy(S.USER_ID)
-        .agg(F.max(ts).alias(X.CTX_LAST), F.max("_start").alias(X.CTX_START))
+        .agg(F.max(ts).alias(C.CTX_LAST), F.max("_start").alias(C.CTX_START))
     )
 
 
@@ -62,13 +64,13 @@ def hour_context(hours: DataFrame, *, events_per_hour: int) -> tuple[DataFrame, 
     Returns:
         ``(user_id, _hour, _ctx_events)`` and ``(user_id, _ctx_busy, _ctx_peak)``.
     """
-    per_hour = hours.groupBy(S.USER_ID, F.col(S.HOUR).alias(X.HOUR)).agg(
-        F.sum(S.EVENTS).alias(X.CTX_EVENTS)
+    per_hour = hours.groupBy(S.USER_ID, F.col(S.HOUR).alias(C.HOUR)).agg(
+        F.sum(S.EVENTS).alias(C.CTX_EVENTS)
     )
-    busy = F.col(X.CTX_EVENTS) >= events_per_hour
+    busy = F.col(C.CTX_EVENTS) >= events_per_hour
     per_user = per_hour.groupBy(S.USER_ID).agg(
-        F.count(F.when(busy, F.lit(1))).alias(X.CTX_BUSY),
-        F.max(X.CTX_EVENTS).alias(X.CTX_PEAK),
+        F.count(F.when(busy, F.lit(1))).alias(C.CTX_BUSY),
+        F.max(C.CTX_EVENTS).alias(C.CTX_PEAK),
     )
     return per_hour, per_user
 
@@ -80,8 +82,8 @@ def context(
     *,
     gap_minutes: float,
     events_per_hour: int,
-) -> X.Context:
-    """The :class:`~recspark.ingest.transforms.Context` of a batch whose users are ``users``.
+) -> C.Context:
+    """The :class:`~recspark.ingest.classify.Context` of a batch whose users are ``users``.
 
     Args:
         events: the stored events of earlier batches (``silver/events`` without the rows of
@@ -94,7 +96,7 @@ def context(
     per_hour, per_user = hour_context(
         hours.join(users, S.USER_ID, "left_semi"), events_per_hour=events_per_hour
     )
-    return X.Context(
+    return C.Context(
         keys=mine.select(S.EVENT_KEY),
         users=sessions.join(per_user, S.USER_ID, "full"),
         hours=per_hour,
@@ -107,9 +109,11 @@ def hour_counts(classified: DataFrame) -> DataFrame:
     after the count as a ``bot`` or an ``unknown_item``).
 
     Args:
-        classified: output of :func:`recspark.ingest.transforms.classify_events`.
+        classified: output of :func:`recspark.ingest.classify.classify_events`.
     """
-    counted = (F.col(X.STATUS) == "accepted") | F.col(S.REASON).isin(X.BOT, X.UNKNOWN_ITEM)
+    counted = (F.col(C.STATUS) == "accepted") | F.col(S.REASON).isin(
+        S.Reason.BOT, S.Reason.UNKNOWN_ITEM
+    )
     return (
         classified.where(counted)
         .groupBy(
@@ -125,10 +129,10 @@ def new_bots(classified: DataFrame) -> DataFrame:
     """The users quarantined as bots in this batch, with the bot rule's detail (one row each).
 
     Args:
-        classified: output of :func:`recspark.ingest.transforms.classify_events`.
+        classified: output of :func:`recspark.ingest.classify.classify_events`.
     """
     return (
-        classified.where(F.col(S.REASON) == X.BOT)
+        classified.where(F.col(S.REASON) == S.Reason.BOT)
         .groupBy(S.USER_ID)
         .agg(F.max(S.DETAIL).alias(S.DETAIL))
     )
@@ -141,7 +145,7 @@ def stored_events_of(events: DataFrame, bots: DataFrame) -> DataFrame:
         events: ``silver/events``.
         bots: output of :func:`new_bots`.
     """
-    return events.join(bots, S.USER_ID, "inner").withColumn(S.REASON, F.lit(X.BOT))
+    return events.join(bots, S.USER_ID, "inner").withColumn(S.REASON, F.lit(S.Reason.BOT))
 
 
 def moved_to_quarantine(
@@ -162,9 +166,9 @@ def moved_to_quarantine(
         ``raw``, ``source_file``, ``reason``, ``detail``: input of
         :func:`recspark.ingest.transforms.to_quarantine`.
     """
-    parsed = X.parse_json_records(records, S.RAW_EVENT_SCHEMA)
-    valid = X.validate_events(parsed, min_ts=min_ts, max_ts=max_ts).where(F.col(S.REASON).isNull())
-    keyed = valid.select(S.RAW, S.SOURCE_FILE, S.EVENT_TS, X.event_key().alias(S.EVENT_KEY)).join(
+    parsed = V.parse_json_records(records, S.RAW_EVENT_SCHEMA)
+    valid = V.validate_events(parsed, min_ts=min_ts, max_ts=max_ts).where(F.col(S.REASON).isNull())
+    keyed = valid.select(S.RAW, S.SOURCE_FILE, S.EVENT_TS, C.event_key().alias(S.EVENT_KEY)).join(
         moved.select(S.EVENT_KEY, S.SOURCE_FILE, S.REASON, S.DETAIL),
         [
             S.EVENT_KEY,

@@ -5,11 +5,12 @@ Spark Structured Streaming's file source (or Databricks Auto Loader, ``ingest.st
 autoloader``) lists ``input.events``; its checkpoint (``Locations.stream_checkpoint("events")``,
 under the file location) records which files each batch read. A run is one
 ``trigger(availableNow=True)`` query: every file not seen yet, then stop; with nothing new, no
-batch runs and no table is written. Each batch (``foreachBatch``) classifies its records with
-the same transforms as the full ingest plus the stored context of earlier batches
-(:mod:`recspark.ingest.incremental`), and writes with MERGEs that a rerun of the same batch
-repeats without effect: a run killed mid-batch leaves the batch uncommitted in the checkpoint,
-and the next run does it again, ending with the tables an uninterrupted run writes.
+batch runs and no table is written. Each batch (``foreachBatch``) classifies and writes its
+records with the same steps as the full ingest (:mod:`recspark.ingest.store`) plus the stored
+context of earlier batches (:mod:`recspark.ingest.incremental`), and writes with MERGEs that a
+rerun of the same batch repeats without effect: a run killed mid-batch leaves the batch
+uncommitted in the checkpoint, and the next run does it again, ending with the tables an
+uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -31,9 +32,10 @@ from recspark import schema as S
 from recspark import tables as T
 from recspark.config import Config
 from recspark.errors import ConcurrentWriteError, InputError
+from recspark.ingest import classify as C
 from recspark.ingest import incremental as N
+from recspark.ingest import store as W
 from recspark.ingest import transforms as X
-from recspark.ingest.job import BROADCAST_TEXT_LOOKUPS, EVENT_STATS, reconcile, summarize
 from recspark.io import (
     detect_format,
     jsonl_records,
@@ -133,7 +135,7 @@ def _stored(spark: SparkSession, cfg: Config, name: str, files: list[str]) -> Da
 
 def _context(
     spark: SparkSession, cfg: Config, raw: DataFrame, files: list[str]
-) -> X.Context | None:
+) -> C.Context | None:
     events = _stored(spark, cfg, T.SILVER_EVENTS, files)
     if events is None:
         return None
@@ -149,6 +151,10 @@ def _context(
     )
 
 
+def _empty_counts() -> dict[str, Any]:
+    return dict.fromkeys(_COUNTS, 0) | {"quarantined_by_reason": {}, "files": 0}
+
+
 def ingest_batch(
     spark: SparkSession,
     cfg: Config,
@@ -161,99 +167,61 @@ def ingest_batch(
 ) -> dict[str, Any]:
     """Classify one batch's records against the stored context and write every table; return
     the batch's counts. Repeating it (a rerun after a kill) changes no table further."""
-    ic = cfg.ingest
     raw = raw.persist(StorageLevel.MEMORY_AND_DISK)
     keep.append(raw)
     read = raw.count()
     if read == 0:
-        return dict.fromkeys(_COUNTS, 0) | {"quarantined_by_reason": {}, "files": 0}
+        return _empty_counts()
     files = sorted(r[0] for r in raw.select(S.SOURCE_FILE).distinct().collect())
-    classified = X.classify_events(
-        raw,
-        items,
-        min_ts=window[0],
-        max_ts=window[1],
-        event_types=tuple(S.EVENT_TYPES),
-        quarantine_unknown_items=ic.quarantine_unknown_items,
-        broadcast_catalog=ic.broadcast_catalog,
-        bot_events_per_hour=ic.bot.events_per_hour if ic.bot.enabled else None,
-        bot_min_busy_hours=ic.bot.min_busy_hours,
-        session_gap_minutes=ic.session_gap_minutes,
-        context=_context(spark, cfg, raw, files),
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    keep.append(classified)
-    counts = summarize(classified)
-    reconcile("events", read, counts)
-
-    accepted = classified.where(F.col(X.STATUS) == "accepted")
-    events = X.to_silver_events(accepted, run_id=run_id)
-    inserted, _ = T.insert_new(
-        spark,
-        events,
-        cfg.warehouse,
-        T.SILVER_EVENTS,
-        keys=[S.EVENT_KEY],
-        partition_by=[S.EVENT_DATE],
-        rows=counts["accepted"],
-        stats_columns=EVENT_STATS,
+    context = _context(spark, cfg, raw, files)
+    classified = W.classify(raw, items, cfg.ingest, window, context)
+    stored = W.store_events(spark, cfg, raw, classified, read=read, run_id=run_id, keep=keep)
+    summary = stored.summary()
+    W.insert_quarantine(spark, cfg, [(summary, stored.rejected)])
+    bots = (
+        N.new_bots(stored.classified)
+        if stored.counts["quarantined_by_reason"].get(S.Reason.BOT)
+        else None
     )
-
-    quarantined = classified.where(F.col(X.STATUS) == "quarantined")
-    late = sum(counts["quarantined_by_reason"].get(r, 0) for r in (X.BOT, X.UNKNOWN_ITEM))
-    if late:
-        quarantined = quarantined.persist(StorageLevel.MEMORY_AND_DISK)
-        keep.append(quarantined)
-        quarantined = X.restore_text(quarantined, raw, broadcast=late <= BROADCAST_TEXT_LOOKUPS)
-    rejected = X.to_quarantine(quarantined, run_id=run_id, input_name="events")
-    quarantine_inserted = T.merge_new(
-        spark, rejected, cfg.warehouse, T.SILVER_QUARANTINE, keys=[S.RECORD_KEY]
-    )
-
-    # Users who became bots in this batch: their stored events go to the quarantine too (first
-    # inserted there, then deleted from silver/events: a rerun finds what is left to move).
     requarantined = 0
-    bots = N.new_bots(classified) if counts["quarantined_by_reason"].get(X.BOT) else None
     if bots is not None:
-        moved = N.stored_events_of(T.read(spark, cfg.warehouse, T.SILVER_EVENTS), bots)
-        moved = moved.persist(StorageLevel.MEMORY_AND_DISK)
-        keep.append(moved)
-        sources = sorted(r[0] for r in moved.select(S.SOURCE_FILE).distinct().collect())
-        if sources:
-            found = N.moved_to_quarantine(
-                moved,
-                _records(spark, sources),
-                min_ts=window[0],
-                max_ts=window[1],
-            )
-            T.merge_new(
-                spark,
-                X.to_quarantine(found, run_id=run_id, input_name="events"),
-                cfg.warehouse,
-                T.SILVER_QUARANTINE,
-                keys=[S.RECORD_KEY],
-            )
-            requarantined = T.delete_matching(
-                spark, moved.select(S.EVENT_KEY), cfg.warehouse, T.SILVER_EVENTS, [S.EVENT_KEY]
-            )
-
-    T.merge_upsert(
-        spark,
-        N.hour_counts(classified),
-        cfg.warehouse,
-        T.SILVER_EVENT_HOURS,
-        keys=[S.USER_ID, S.HOUR, S.SOURCE_FILE],
-    )
-
+        requarantined = _requarantine(spark, cfg, bots, run_id=run_id, window=window, keep=keep)
+    accepted = stored.classified.where(F.col(C.STATUS) == "accepted")
     _update_interactions(spark, cfg, accepted.select(S.USER_ID).distinct(), bots)
-    return {
-        "read": read,
-        **counts,
-        "inserted": inserted,
-        "already_present": counts["accepted"] - inserted,
-        "quarantine_inserted": quarantine_inserted,
-        "requarantined": requarantined,
-        "files": len(files),
-    }
+    return {**summary, "requarantined": requarantined, "files": len(files)}
+
+
+def _requarantine(
+    spark: SparkSession,
+    cfg: Config,
+    bots: DataFrame,
+    *,
+    run_id: str,
+    window: tuple[datetime, datetime],
+    keep: list[DataFrame],
+) -> int:
+    """Move the stored events of users who became bots in this batch to the quarantine (first
+    inserted there, then deleted from ``silver/events``: a rerun finds what is left to move);
+    return how many were moved."""
+    moved = N.stored_events_of(T.read(spark, cfg.warehouse, T.SILVER_EVENTS), bots)
+    moved = moved.persist(StorageLevel.MEMORY_AND_DISK)
+    keep.append(moved)
+    sources = sorted(r[0] for r in moved.select(S.SOURCE_FILE).distinct().collect())
+    if not sources:
+        return 0
+    found = N.moved_to_quarantine(
+        moved, _records(spark, sources), min_ts=window[0], max_ts=window[1]
+    )
+    T.merge_new(
+        spark,
+        X.to_quarantine(found, run_id=run_id, input_name="events"),
+        cfg.warehouse,
+        T.SILVER_QUARANTINE,
+        keys=[S.RECORD_KEY],
+    )
+    return T.delete_matching(
+        spark, moved.select(S.EVENT_KEY), cfg.warehouse, T.SILVER_EVENTS, [S.EVENT_KEY]
+    )
 
 
 def _records(spark: SparkSession, files: list[str]) -> DataFrame:
@@ -285,54 +253,37 @@ def _update_interactions(
     T.merge_upsert(spark, rows, cfg.warehouse, T.SILVER_INTERACTIONS, keys=[S.USER_ID, S.ITEM_ID])
 
 
-def run_events(
-    spark: SparkSession,
-    cfg: Config,
-    *,
-    run_id: str,
-    items: DataFrame,
-    window: tuple[datetime, datetime],
-    keep: list[DataFrame],
-) -> dict[str, Any]:
-    """Ingest the event files no earlier run processed (one ``availableNow`` query); return the
-    run's summary (the counts added up over its batches, and the rewritten files found)."""
-    log = get_logger("ingest")
-    checkpoint = cfg.locations().stream_checkpoint("events")
-    files = list_files(spark, cfg.input.events)
-    rewritten = rewritten_files(spark, checkpoint, files)
+def _rewritten(spark: SparkSession, cfg: Config, checkpoint: str) -> list[str]:
+    """The input files changed after a run read them (:func:`rewritten_files`), each logged."""
+    rewritten = rewritten_files(spark, checkpoint, list_files(spark, cfg.input.events))
     for f in rewritten:
-        log.warning(
+        get_logger("ingest").warning(
             "ingest events: %s changed after a run read it; it is not read again "
             "(ingest a corrected file under a new name, or run with ingest.mode=full)",
             f,
         )
-    total: dict[str, Any] = dict.fromkeys(_COUNTS, 0) | {"quarantined_by_reason": {}, "files": 0}
-    batches = 0
-    failures: list[BaseException] = []
+    return rewritten
 
-    aqe = spark.conf.get(_AQE, "true")
 
-    def each(batch: DataFrame, batch_id: int) -> None:
-        nonlocal batches
-        # The stream runs its batches on a session with AQE off (a streaming plan must keep its
-        # partitioning); this sink is stateless, so the batch's own work gets the user's
-        # setting back: AQE coalesces its shuffles and broadcasts its small joins at run time.
-        batch.sparkSession.conf.set(_AQE, aqe or "true")
-        try:
-            counts = ingest_batch(
-                spark, cfg, batch, run_id=run_id, items=items, window=window, keep=keep
-            )
-        except BaseException as e:  # kept: the query reports it wrapped in its own error
-            failures.append(e)
-            raise
-        batches += 1
-        for k in (*_COUNTS, "files"):
-            total[k] += counts[k]
-        for reason, n in counts["quarantined_by_reason"].items():
-            by = total["quarantined_by_reason"]
-            by[reason] = by.get(reason, 0) + n
-        log.info("ingest events batch %d: %s", batch_id, json.dumps(counts, sort_keys=True))
+def _add_up(total: dict[str, Any], counts: dict[str, Any]) -> None:
+    """Add a batch's counts to the run's ``total``."""
+    for k in (*_COUNTS, "files"):
+        total[k] += counts[k]
+    by = total["quarantined_by_reason"]
+    for reason, n in counts["quarantined_by_reason"].items():
+        by[reason] = by.get(reason, 0) + n
 
+
+def _run_query(
+    spark: SparkSession,
+    cfg: Config,
+    checkpoint: str,
+    each: Callable[[DataFrame, int], None],
+    failures: list[BaseException],
+) -> None:
+    """Run one ``availableNow`` query over the event files with ``each`` per batch; raise the
+    first batch failure (``failures``), or a ConcurrentWriteError when another query on the
+    same checkpoint ran or stopped this one."""
     writer = (
         read_stream_raw(spark, cfg.input.events, cfg.ingest.stream_source)
         .writeStream.foreachBatch(each)
@@ -358,6 +309,46 @@ def run_events(
             f"the ingest query on {checkpoint} was stopped while it wrote a batch (another "
             f"query started on the same checkpoint stops a running one); run again"
         ) from failures[0]
+
+
+def run_events(
+    spark: SparkSession,
+    cfg: Config,
+    *,
+    run_id: str,
+    items: DataFrame,
+    window: tuple[datetime, datetime],
+    keep: list[DataFrame],
+) -> dict[str, Any]:
+    """Ingest the event files no earlier run processed (one ``availableNow`` query); return the
+    run's summary (the counts added up over its batches, and the rewritten files found)."""
+    checkpoint = cfg.locations().stream_checkpoint("events")
+    rewritten = _rewritten(spark, cfg, checkpoint)
+    total = _empty_counts()
+    batches = 0
+    failures: list[BaseException] = []
+    aqe = spark.conf.get(_AQE, "true")
+
+    def each(batch: DataFrame, batch_id: int) -> None:
+        nonlocal batches
+        # The stream runs its batches on a session with AQE off (a streaming plan must keep its
+        # partitioning); this sink is stateless, so the batch's own work gets the user's
+        # setting back: AQE coalesces its shuffles and broadcasts its small joins at run time.
+        batch.sparkSession.conf.set(_AQE, aqe or "true")
+        try:
+            counts = ingest_batch(
+                spark, cfg, batch, run_id=run_id, items=items, window=window, keep=keep
+            )
+        except BaseException as e:  # kept: the query reports it wrapped in its own error
+            failures.append(e)
+            raise
+        batches += 1
+        _add_up(total, counts)
+        get_logger("ingest").info(
+            "ingest events batch %d: %s", batch_id, json.dumps(counts, sort_keys=True)
+        )
+
+    _run_query(spark, cfg, checkpoint, each, failures)
     total["quarantined_by_reason"] = dict(sorted(total["quarantined_by_reason"].items()))
     return {
         "input": "events",
