@@ -101,7 +101,7 @@ def storage_failure(text: str, warehouse: str) -> str | None:
     Names the first path in ``text`` under the warehouse (else the first path at all, else
     the warehouse).
     """
-    from recspark.tables import storage_problem
+    from recspark.write_failures import storage_problem
 
     problem = storage_problem(text)
     if problem is None:

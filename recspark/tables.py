@@ -11,11 +11,8 @@ never do I/O.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
@@ -24,54 +21,12 @@ from pyspark.sql.types import StructType
 
 from recspark import schema as S
 from recspark.errors import (
-    ConcurrentWriteError,
     ConfigError,
-    RecsparkError,
     SchemaError,
     StageNotReadyError,
-    StorageError,
 )
-from recspark.log import get_logger
 from recspark.storage import Locations, is_uc_schema
-
-_R = TypeVar("_R")
-
-# How often a MERGE that lost a commit race is tried again. Every MERGE here is idempotent
-# (insert-if-absent or upsert of the same source), so trying again on the newer table version
-# is safe; after that the run fails with ConcurrentWriteError.
-MERGE_RETRIES = 3
-
-# Delta's commit-conflict exceptions (Python class names and JVM error classes).
-_CONFLICTS: tuple[tuple[str, str], ...] = (
-    ("ConcurrentAppendException", "files were added by a concurrent update"),
-    ("ConcurrentDeleteReadException", "files read were deleted by a concurrent update"),
-    ("ConcurrentDeleteDeleteException", "files were deleted by a concurrent update"),
-    ("ConcurrentTransactionException", "a concurrent transaction with the same id"),
-    ("MetadataChangedException", "the table's metadata changed concurrently"),
-    ("ProtocolChangedException", "the table was created or upgraded concurrently"),
-    ("ConcurrentWriteException", "a concurrent transaction wrote to the table"),
-    ("DeltaConcurrentModificationException", "a concurrent update"),
-    ("DELTA_CONCURRENT_APPEND", "files were added by a concurrent update"),
-    ("DELTA_CONCURRENT_DELETE_READ", "files read were deleted by a concurrent update"),
-    ("DELTA_CONCURRENT_DELETE_DELETE", "files were deleted by a concurrent update"),
-    ("DELTA_CONCURRENT_TRANSACTION", "a concurrent transaction with the same id"),
-    ("DELTA_METADATA_CHANGED", "the table's metadata changed concurrently"),
-    ("DELTA_PROTOCOL_CHANGED", "the table was created or upgraded concurrently"),
-    ("DELTA_CONCURRENT_WRITE", "a concurrent transaction wrote to the table"),
-)
-
-# A write into a metastore schema that does not exist.
-_SCHEMA_NOT_FOUND = "SCHEMA_NOT_FOUND"
-
-# Storage failures seen in Java or Python error text, with a short explanation.
-_STORAGE: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"No space left on device|ENOSPC", re.I), "no space left on device"),
-    (re.compile(r"Disk quota exceeded|EDQUOT", re.I), "disk quota exceeded"),
-    (re.compile(r"File too large|EFBIG", re.I), "file size limit reached"),
-    (re.compile(r"Read-only file system|EROFS", re.I), "read-only file system"),
-    (re.compile(r"Permission denied|AccessDeniedException|EACCES", re.I), "permission denied"),
-    (re.compile(r"Mkdirs failed to create", re.I), "cannot create a folder"),
-)
+from recspark.write_failures import conflict_kind, retrying, write_errors
 
 SILVER_EVENTS = "silver/events"
 SILVER_QUARANTINE = "silver/quarantine"
@@ -280,75 +235,11 @@ def version(spark: SparkSession, table: TableRef) -> int:
     return int(row["version"]) if row is not None else -1
 
 
-def conflict_kind(e: BaseException) -> str | None:
-    """What Delta commit conflict ``e`` is (a short phrase), or None when it is none."""
-    text = f"{type(e).__name__}: {e}"
-    for marker, phrase in _CONFLICTS:
-        if marker in text:
-            return phrase
+def _uc_schema(table: TableRef | str) -> str | None:
+    """The metastore schema of a table addressed by name (None: by path)."""
+    if isinstance(table, TableRef) and table.by_name:
+        return table.location.rsplit(".", 1)[0]
     return None
-
-
-def storage_problem(text: str) -> str | None:
-    """What storage failure an error text reports (a short phrase), or None."""
-    for pattern, phrase in _STORAGE:
-        if pattern.search(text):
-            return phrase
-    return None
-
-
-def concurrent_error(path: str, kind: str) -> ConcurrentWriteError:
-    """The one-line error for a lost commit race on table ``path``."""
-    return ConcurrentWriteError(
-        f"table {path}: another run wrote to it at the same time ({kind}); nothing of this "
-        "run's write was committed: run the command again"
-    )
-
-
-@contextmanager
-def _write_errors(table: TableRef | str) -> Iterator[None]:
-    """Turn Delta commit conflicts and storage failures of a write into one-line errors."""
-    try:
-        yield
-    except RecsparkError:
-        raise
-    except Exception as e:
-        kind = conflict_kind(e)
-        if kind is not None:
-            raise concurrent_error(str(table), kind) from e
-        if isinstance(table, TableRef) and table.by_name and _SCHEMA_NOT_FOUND in str(e):
-            schema = table.location.rsplit(".", 1)[0]
-            raise ConfigError(
-                f"key 'warehouse': table {table}: the schema {schema} does not exist; create "
-                "it (CREATE SCHEMA, or deploy the bundle, which declares it)"
-            ) from e
-        problem = storage_problem(str(e))
-        if problem is not None:
-            raise StorageError(
-                f"table {table}: write failed: {problem}; the table keeps its last committed "
-                "version"
-            ) from e
-        raise
-
-
-def _retrying(table: TableRef, attempt: Callable[[], _R], retries: int = MERGE_RETRIES) -> _R:
-    """Run an idempotent write, again (up to ``retries`` times) when it loses a commit race."""
-    for i in range(retries + 1):
-        try:
-            with _write_errors(table):
-                return attempt()
-        except ConcurrentWriteError as e:
-            if i == retries:
-                raise
-            get_logger("tables").warning(
-                "table %s: another writer committed first (%s); trying again (%d/%d)",
-                table,
-                conflict_kind(e.__cause__ or e),
-                i + 2,
-                retries + 1,
-            )
-            time.sleep(0.5 * (i + 1))
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _save(writer: DataFrameWriter, table: TableRef) -> None:
@@ -388,7 +279,7 @@ def overwrite(
     partitions = _partitioning(table, df, partition_by)
     if partitions:
         writer = writer.partitionBy(*partitions)
-    with _write_errors(table):
+    with write_errors(str(table), _uc_schema(table)):
         _save(writer, table)
 
 
@@ -396,7 +287,7 @@ def append(df: DataFrame, warehouse: Locations | str, name: str) -> None:
     """Append rows in one commit (blind appends never conflict with each other)."""
     table = ref(warehouse, name)
     check_columns(df, table)
-    with _write_errors(table):
+    with write_errors(str(table), _uc_schema(table)):
         _save(df.write.format("delta").mode("append"), table)
 
 
@@ -452,7 +343,7 @@ def insert_new(
         result = target.alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
         return _merge_metric(result, "num_inserted_rows"), False
 
-    return _retrying(table, attempt)
+    return retrying(str(table), _uc_schema(table), attempt)
 
 
 def merge_upsert(
@@ -483,7 +374,7 @@ def merge_upsert(
             m = m.whenNotMatchedBySourceDelete()
         m.execute()
 
-    _retrying(table, attempt)
+    retrying(str(table), _uc_schema(table), attempt)
 
 
 def delete_matching(
@@ -500,7 +391,7 @@ def delete_matching(
         merge = delta_table(spark, table).alias("t").merge(df.alias("s"), cond)
         return _merge_metric(merge.whenMatchedDelete().execute(), "num_deleted_rows")
 
-    return _retrying(table, attempt)
+    return retrying(str(table), _uc_schema(table), attempt)
 
 
 def _create(

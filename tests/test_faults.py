@@ -27,6 +27,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType
 
 from recspark import schema as S
 from recspark import tables as T
+from recspark import write_failures as W
 from recspark.cli import (
     check_writable,
     exit_status,
@@ -117,14 +118,14 @@ def test_conflicts_and_storage_failures_are_recognised() -> None:
     class ConcurrentAppendException(Exception):
         pass
 
-    assert T.conflict_kind(ConcurrentAppendException("x")) is not None
-    assert T.conflict_kind(RuntimeError("[DELTA_CONCURRENT_DELETE_READ] boom")) is not None
-    assert T.conflict_kind(RuntimeError("[DELTA_PROTOCOL_CHANGED] empty dir")) is not None
-    assert T.conflict_kind(RuntimeError("division by zero")) is None
-    assert T.storage_problem("java.io.IOException: No space left on device") is not None
-    assert T.storage_problem("Read-only file system") == "read-only file system"
-    assert T.storage_problem("a bug") is None
-    err = T.concurrent_error("/w/silver/events", "files were added by a concurrent update")
+    assert W.conflict_kind(ConcurrentAppendException("x")) is not None
+    assert W.conflict_kind(RuntimeError("[DELTA_CONCURRENT_DELETE_READ] boom")) is not None
+    assert W.conflict_kind(RuntimeError("[DELTA_PROTOCOL_CHANGED] empty dir")) is not None
+    assert W.conflict_kind(RuntimeError("division by zero")) is None
+    assert W.storage_problem("java.io.IOException: No space left on device") is not None
+    assert W.storage_problem("Read-only file system") == "read-only file system"
+    assert W.storage_problem("a bug") is None
+    err = W.concurrent_error("/w/silver/events", "files were added by a concurrent update")
     assert isinstance(err, ConcurrentWriteError) and "/w/silver/events" in str(err)
     text = (
         "Job aborted. java.io.IOException: No space left on device at "
