@@ -303,3 +303,36 @@ def test_score_params_carry_every_kernel_setting() -> None:
         assert (ev.torch_threads, ev.device, ev.k, ev.exclude_seen) == (2, "cpu", 20, False)
         assert not ev.reasons
         assert ev.cold_item_slots == (rc.cold_item_slots if cold else 0)
+
+
+def test_cold_items_compete_everywhere_or_only_for_their_reserved_places() -> None:
+    """Items c1, c2 (no interactions) score highest; w1..w3 follow. With
+    ``score_cold_items`` they take any place; without it, only the reserved ones."""
+    import pandas as pd
+
+    from recspark.recommend.scoring import ItemIndex, ScoreParams, score_batches
+
+    scores = {"c1": 0.9, "c2": 0.8, "w1": 0.7, "w2": 0.6, "w3": 0.5}
+    index = ItemIndex.from_pandas(
+        pd.DataFrame(
+            {
+                "item_id": list(scores),
+                "vector": [np.array([s, 0.0], np.float32) for s in scores.values()],
+                "title": list(scores),
+                "is_cold": [i.startswith("c") for i in scores],
+            }
+        )
+    )
+    users = pd.DataFrame({"user_id": ["u"], "vector": [np.array([1.0, 0.0], np.float32)]})
+    users["seen"] = [None]
+
+    def top(**kw: object) -> list[str]:
+        params = ScoreParams(k=3, reasons=False, **kw)  # type: ignore[arg-type]
+        out = pd.concat(list(score_batches(iter([users]), index, params)))
+        return list(out.sort_values("rank")["item_id"])
+
+    assert top() == ["c1", "c2", "w1"]
+    assert top(cold_item_slots=1) == ["c1", "c2", "w1"]
+    assert top(score_cold_items=False) == ["w1", "w2", "w3"]
+    assert top(score_cold_items=False, cold_item_slots=1) == ["c1", "w1", "w2"]
+    assert top(score_cold_items=False, cold_item_slots=2) == ["c1", "c2", "w1"]

@@ -15,6 +15,9 @@ class RecommendConfig:
     exclude_seen: bool = True
     # Places of each list kept for items with no interactions yet (0 disables).
     cold_item_slots: int = 1
+    # Whether items with no interactions compete for every place (true) or only for their
+    # reserved places (false: at most cold_item_slots of them per list; none with 0 slots).
+    score_cold_items: bool = True
     # Users per matrix product inside a task, and items per block: a task holds one
     # user_block_size x item_block_size float32 score matrix at a time, reduced to the best
     # score of each group of consecutive items while it is in cache (see kernel.topk_scores).

@@ -160,6 +160,7 @@ class ScoreParams:
     device: str = "cpu"
     diversity: float = 0.0
     diversity_candidates: int = 3
+    score_cold_items: bool = True
 
 
 def score_params(rc: RecommendConfig, **overrides: Any) -> ScoreParams:
@@ -182,6 +183,7 @@ def score_params(rc: RecommendConfig, **overrides: Any) -> ScoreParams:
         device=pick_device(rc.device).type,
         diversity=rc.diversity,
         diversity_candidates=rc.diversity_candidates,
+        score_cold_items=rc.score_cold_items,
     )
     return dataclasses.replace(params, **overrides)
 
@@ -274,7 +276,11 @@ class _Scorer:
         ]
 
     def _topk(
-        self, users_t: torch.Tensor, k: int, excluded: tuple[Any, Any], cold_only: bool = False
+        self,
+        users_t: torch.Tensor,
+        k: int,
+        excluded: tuple[Any, Any],
+        candidates: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.params
         return topk_scores(
@@ -283,7 +289,7 @@ class _Scorer:
             k,
             exclude_rows=excluded[0],
             exclude_items=excluded[1],
-            candidates=self.cold_t if cold_only else None,
+            candidates=candidates,
             user_block_size=p.user_block_size,
             item_block_size=p.item_block_size,
             group_size=p.group_size,
@@ -296,12 +302,16 @@ class _Scorer:
         p, text = self.params, self.index.text
         excluded = exclusion_pairs(seen) if p.exclude_seen else (None, None)
         mmr = p.diversity > 0 and text is not None
-        vals, idx = self._topk(users_t, p.k * p.diversity_candidates if mmr else p.k, excluded)
+        any_cold = bool(self.index.is_cold.any())
+        warm = ~self.cold_t if any_cold and not p.score_cold_items else None
+        vals, idx = self._topk(
+            users_t, p.k * p.diversity_candidates if mmr else p.k, excluded, warm
+        )
         if mmr and text is not None:
             vals, idx = diversify(vals, idx, text, p.k, p.diversity)
-        if p.cold_item_slots > 0 and bool(self.index.is_cold.any()):
+        if p.cold_item_slots > 0 and any_cold:
             cold_k = min(p.cold_item_slots, p.k)
-            cvals, cidx = self._topk(users_t, cold_k, excluded, cold_only=True)
+            cvals, cidx = self._topk(users_t, cold_k, excluded, self.cold_t)
             vals, idx = reserve_slots(vals, idx, cvals, cidx, self.cold_t, p.cold_item_slots)
         return vals.cpu().numpy(), idx.cpu().numpy()
 
