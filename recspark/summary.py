@@ -49,10 +49,6 @@ class StageSummary:
         rest = {k: v for k, v in figures.items() if k not in _OWN_KEYS}
         return cls(stage, run_id, round(seconds, 2), rest)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """A figure by name (``default`` when the stage did not report it)."""
-        return self.figures.get(key, default)
-
     def to_dict(self) -> dict[str, Any]:
         """Plain data: the figures with ``stage``, ``run_id`` and ``seconds``."""
         return {**self.figures, "stage": self.stage, "run_id": self.run_id, "seconds": self.seconds}
