@@ -158,3 +158,61 @@ def test_loss_settings_are_validated() -> None:
         TrainConfig(temperature=0.0)
     with pytest.raises(ValueError, match="full_softmax_max_items"):
         TrainConfig(full_softmax_max_items=-1)
+
+
+def _learn_half_life(target_follows: str) -> float:
+    """Train only the half-life (fixed item vectors: two groups of 4 items) on histories of 6
+    items, the newest two of one group and the older four of the other; the target is an item
+    of the ``newest`` or of the ``older`` group. The learned half-life (started at 2)."""
+    torch.manual_seed(0)
+    shape = ModelShape(
+        2,
+        8,
+        1,
+        dim=2,
+        item_id_dropout=0.0,
+        recency_half_life=2.0,
+        temperature=0.1,
+        learn_recency=True,
+    )
+    model = TwoTower(shape)
+    group = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    vecs = torch.nn.functional.one_hot(group, 2).to(torch.float32)
+    rng = np.random.default_rng(1)
+    rows, targets = [], []
+    for _ in range(64):
+        old, new = (0, 1) if rng.random() < 0.5 else (1, 0)
+        pick = rng.permutation(4)
+        hist = [4 * old + int(pick[i % 2]) for i in range(4)] + [4 * new + int(pick[0])] * 2
+        rows.append(hist)
+        follows = new if target_follows == "newest" else old
+        targets.append(4 * follows + int(pick[3]))
+    hist_t, target_t = torch.tensor(rows), torch.tensor(targets)
+    opt = torch.optim.Adam([model.log_half_life], lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        users = model.user_tower(vecs[hist_t], hist_t >= 0)
+        loss = softmax_loss(users, vecs, target_t, torch.ones(64), shape.temperature)
+        loss.backward()
+        opt.step()
+    return float(model.half_life())
+
+
+def test_a_learned_half_life_shortens_when_the_newest_events_predict_and_grows_otherwise() -> None:
+    assert _learn_half_life("newest") < 1.0
+    assert _learn_half_life("older") > 4.0
+
+
+def test_a_fixed_half_life_is_state_but_not_a_parameter_and_old_weights_still_load() -> None:
+    fixed = TwoTower(ModelShape(TEXT_DIM, N_ITEMS, 2, dim=4, recency_half_life=3.0))
+    names = {n for n, _ in fixed.named_parameters()}
+    assert "log_half_life" not in names and "log_half_life" in fixed.state_dict()
+    assert float(fixed.half_life()) == pytest.approx(3.0)
+    learned = TwoTower(
+        ModelShape(TEXT_DIM, N_ITEMS, 2, dim=4, recency_half_life=3.0, learn_recency=True)
+    )
+    assert "log_half_life" in {n for n, _ in learned.named_parameters()}
+    # A model saved before the half-life was state: its shape's value is kept.
+    old = {k: v for k, v in fixed.state_dict().items() if k != "log_half_life"}
+    learned.load_weights(old)
+    assert float(learned.half_life()) == pytest.approx(3.0)

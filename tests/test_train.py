@@ -35,7 +35,7 @@ from recspark.config import Config
 from recspark.errors import ConfigError, InputError, LaunchError, ModelError
 from recspark.ingest.transforms import build_interactions
 from recspark.train import dataset as ds
-from recspark.train.artifacts import CHECKPOINT, MODEL_FILE, load_checkpoint
+from recspark.train.artifacts import CHECKPOINT, MODEL_FILE, load_checkpoint, read_meta
 from recspark.train.config import TrainConfig
 from recspark.train.inference import item_vectors, user_vectors
 from recspark.train.launch import run_training
@@ -480,6 +480,12 @@ def test_fit_writes_a_tracked_model_that_learned_from_all_data(fitted: dict[str,
     assert phases[-best:] == [("final", e) for e in range(1, best + 1)]
     assert result.metrics["valid_examples"] > 0 and result.metrics["train_examples"] > 0
     assert 0.0 <= result.metrics["val_ndcg_at_10"] <= 1.0
+    # The half-life was learned (from 2.0), and the shape the scorers read carries it.
+    state = torch.load(Path(fitted["model_dir"]) / "model.pt", weights_only=True)
+    learned = float(state["log_half_life"].exp())
+    assert meta["shape"]["learn_recency"] and abs(learned - 2.0) > 1e-3
+    assert meta["shape"]["recency_half_life"] == pytest.approx(learned)
+    assert result.metrics["recency_half_life"] == pytest.approx(learned)
     # The final model's item ids cover the validation period too (it learned from everything).
     feats = Path(fitted["model_dir"]) / "data" / "items"
     import pyarrow.parquet as pq
@@ -528,6 +534,28 @@ def test_vectors_cover_cold_items_and_score_like_the_model(
     uv = user_vectors(spark, fitted["model_dir"], fitted["events"], iv)
     users = {r["user_id"]: np.array(r["vector"]) for r in uv.collect()}
     assert len(users) == N_CATS * 10
+    # Spark's user vectors use the learned half-life: the torch user tower of the saved model
+    # gives the same vector from the same history.
+    meta = read_meta(fitted["model_dir"])
+    model = TwoTower(ModelShape(**meta["shape"]))
+    model.load_weights(torch.load(Path(fitted["model_dir"]) / "model.pt", weights_only=True))
+    some = sorted(users)[0]
+    last = ds.last_interactions(
+        ds.interactions_from_events(
+            fitted["events"].where(F.col("user_id") == some), meta["event_weights"]
+        ),
+        int(meta["history_len"]),
+    )
+    hist = [r["item_id"] for r in last.orderBy(F.col("age").desc()).collect()]
+    ref = (
+        model.user_tower(
+            torch.from_numpy(np.stack([got[i] for i in hist]))[None],
+            torch.ones(1, len(hist), dtype=torch.bool),
+        )[0]
+        .detach()
+        .numpy()
+    )
+    np.testing.assert_allclose(users[some], ref, rtol=1e-4, atol=1e-5)
     # A new user (not in training) with a history of category-2 items gets category-2 scores.
     new = spark.createDataFrame(
         [("new", _item(2, 0), "view", T0), ("new", _item(2, 1), "view", T0 + timedelta(hours=1))],

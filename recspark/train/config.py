@@ -18,7 +18,12 @@ class TrainConfig:
     learning_rate: float = 0.002
     dim: int = 64
     history_len: int = 50
-    recency_half_life: float = 10.0  # in events of the user's history
+    # The user tower's recency half-life, in events of the user's history: where learning
+    # starts when learn_recency (Adam on its log, step recency_learning_rate), else fixed.
+    # The learned value is in the model's meta.json and training metrics.
+    recency_half_life: float = 10.0
+    learn_recency: bool = True
+    recency_learning_rate: float = 0.05
     item_id_dropout: float = 0.3
     temperature: float = 0.05
     # The loss: a full softmax over every item when the catalog has at most
@@ -82,6 +87,10 @@ class TrainConfig:
             raise ValueError(
                 "negatives_min and negatives_max must satisfy 0 <= min <= max, found "
                 f"{self.negatives_min} and {self.negatives_max}"
+            )
+        if self.recency_learning_rate <= 0:
+            raise ValueError(
+                f"recency_learning_rate must be > 0, found {self.recency_learning_rate}"
             )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, found {self.temperature}")

@@ -124,7 +124,7 @@ def _item_tower(state: Any, shape_dict: dict[str, Any]) -> TowerFn:
 
         torch.set_num_threads(1)
         model = TwoTower(ModelShape(**shape_dict))
-        model.load_state_dict(
+        model.load_weights(
             torch.load(io.BytesIO(state.value), map_location="cpu", weights_only=True)
         )
         model.eval()

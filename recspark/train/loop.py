@@ -62,6 +62,9 @@ class TrainSpec:
     learning_rate: float  # already scaled by the number of workers
     history_len: int
     weight_decay: float = 0.0
+    # Adam's step size for the log of the user tower's half-life (when the shape learns it):
+    # larger than the weights', so that it can travel from its start within a few epochs.
+    recency_learning_rate: float = 0.05
     validation_k: int = 10
     negatives: int = 64
     # Score every item in each step's softmax instead of sampling (small catalogs).
@@ -125,9 +128,12 @@ class PhaseInputs:
 def _fresh(spec: TrainSpec, device: torch.device) -> tuple[TwoTower, torch.optim.Optimizer]:
     torch.manual_seed(spec.seed)
     model = TwoTower(spec.shape).to(device)
-    opt = torch.optim.Adam(
-        model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay
-    )
+    named = dict(model.named_parameters())
+    half_life = [named.pop("log_half_life")] if "log_half_life" in named else []
+    groups: list[dict[str, Any]] = [{"params": list(named.values())}]
+    if half_life:
+        groups.append({"params": half_life, "lr": spec.recency_learning_rate, "weight_decay": 0.0})
+    opt = torch.optim.Adam(groups, lr=spec.learning_rate, weight_decay=spec.weight_decay)
     return model, opt
 
 
@@ -137,7 +143,7 @@ def build_model(
     """A fresh model (or the checkpoint's), the same on every rank, and its (wrapped) optimizer."""
     model, opt = _fresh(spec, device)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        model.load_weights(ckpt["model"])
     comm.broadcast_model(model)
     wrapped = comm.wrap_optimizer(opt, model)
     if ckpt is not None:
@@ -351,8 +357,10 @@ def finish(run: Run) -> dict[str, Any]:
     spec, state = run.spec, run.state
     digest = digest_of(run.model)
     if run.comm.rank == 0:
+        # The learned half-life is the one to score with (Spark inference reads the shape).
+        shape = {**spec.shape.to_dict(), "recency_half_life": float(run.model.half_life())}
         meta = {
-            "shape": spec.shape.to_dict(),
+            "shape": shape,
             "best_epoch": state["best_epoch"],
             "best_metric": state["best_metric"],
             "history": state["history"],

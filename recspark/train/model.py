@@ -6,9 +6,12 @@ the item-id embedding is dropped at random so that the text path learns to stand
 never seen in training (cold items) then score from their text and category.
 
 User tower: the recency-weighted mean of the item-tower vectors of the user's earlier
-interactions (most recent weighs 1; weight halves every ``recency_half_life`` events back). It
-has no parameters of its own, so a new user with a history gets a vector, and the score of a
-(user, item) pair is the dot product of the two vectors: scoring all pairs is a matrix product.
+interactions (most recent weighs 1; weight halves every ``recency_half_life`` events back). Its
+one parameter is that half-life, learned with the rest when ``learn_recency`` (from the
+configured value; how much order matters is a property of the data: a few events on
+MovieLens, the whole history on data without order). So a new user with a history gets a
+vector, and the score of a (user, item) pair is the dot product of the two vectors: scoring all
+pairs is a matrix product.
 
 History tensors are fixed-length ``[B, L]`` item indices, right-aligned (oldest to newest, the
 newest in the last column) and left-padded with ``-1``.
@@ -37,6 +40,8 @@ class ModelShape:
     item_id_dropout: float = 0.3
     recency_half_life: float = 10.0
     temperature: float = 0.05
+    # Learn the half-life (a parameter, from recency_half_life) or keep it fixed (a buffer).
+    learn_recency: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,11 +77,25 @@ class TwoTower(nn.Module):
         self.id_emb = nn.Embedding(shape.n_items + 1, shape.dim, padding_idx=0)
         self.cat_emb = nn.Embedding(shape.n_categories + 1, shape.dim, padding_idx=0)
         self.mix = nn.Linear(shape.dim, shape.dim)
+        log_half_life = torch.tensor(math.log(shape.recency_half_life))
+        if shape.learn_recency:
+            self.log_half_life = nn.Parameter(log_half_life)
+        else:
+            self.register_buffer("log_half_life", log_half_life)
         nn.init.normal_(self.id_emb.weight, std=0.05)
         nn.init.normal_(self.cat_emb.weight, std=0.05)
         with torch.no_grad():
             self.id_emb.weight[0].zero_()
             self.cat_emb.weight[0].zero_()
+
+    def half_life(self) -> Tensor:
+        """The user tower's recency half-life, in events (a 0-d tensor)."""
+        return self.log_half_life.exp()
+
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        """``load_state_dict``; a model saved before the half-life was part of its state keeps
+        the shape's half-life."""
+        self.load_state_dict({"log_half_life": self.log_half_life.detach().clone(), **state})
 
     def item_tower(self, text: Tensor, id_idx: Tensor, cat_idx: Tensor) -> Tensor:
         """``[M, text_dim], [M], [M] -> [M, dim]`` unit vectors."""
@@ -95,7 +114,7 @@ class TwoTower(nn.Module):
 
     def user_tower(self, hist_vecs: Tensor, mask: Tensor) -> Tensor:
         """``[B, L, dim]`` history vectors and ``[B, L]`` validity -> ``[B, dim]``."""
-        w = recency_weights(mask, self.shape.recency_half_life).to(hist_vecs.dtype)
+        w = recency_weights(mask, self.half_life()).to(hist_vecs.dtype)
         total = w.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return (w.unsqueeze(-1) * hist_vecs).sum(dim=1) / total
 
@@ -109,13 +128,15 @@ class TwoTower(nn.Module):
         return self.user_tower(hist, mask)
 
 
-def recency_weights(mask: Tensor, half_life: float) -> Tensor:
+def recency_weights(mask: Tensor, half_life: float | Tensor) -> Tensor:
     """Weights of right-aligned history positions: ``0.5 ** (age / half_life)``, 0 on padding.
 
-    The newest entry (last column) has age 0.
+    The newest entry (last column) has age 0. A tensor ``half_life`` keeps its gradient.
     """
     length = mask.shape[-1]
     age = torch.arange(length - 1, -1, -1, device=mask.device, dtype=torch.float32)
+    if isinstance(half_life, Tensor):
+        half_life = half_life.to(mask.device)
     w = torch.pow(torch.tensor(0.5, device=mask.device), age / half_life)
     return w * mask.to(torch.float32)
 

@@ -288,6 +288,7 @@ def model_shape(tc: TrainConfig, info: dict[str, Any]) -> ModelShape:
         item_id_dropout=tc.item_id_dropout,
         recency_half_life=tc.recency_half_life,
         temperature=tc.temperature,
+        learn_recency=tc.learn_recency,
     )
 
 
@@ -319,6 +320,7 @@ def train_spec(
         learning_rate=plan.learning_rate,
         history_len=tc.history_len,
         weight_decay=tc.weight_decay,
+        recency_learning_rate=tc.recency_learning_rate,
         validation_k=tc.validation_k,
         negatives=negatives,
         full_softmax=n_items <= tc.full_softmax_max_items,
@@ -363,6 +365,7 @@ def training_metrics(
         "valid_examples": float(info["valid_examples"]),
         "samples_per_sec": float(sum(s["samples_per_sec"] for s in summaries))
         * (num_proc / len(summaries)),
+        "recency_half_life": float(meta["shape"]["recency_half_life"]),
     }
     if best:
         metrics[f"val_ndcg_at_{k}"] = float(best[0][f"val_ndcg_at_{k}"])
