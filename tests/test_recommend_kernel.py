@@ -302,7 +302,26 @@ def test_score_params_carry_every_kernel_setting() -> None:
         assert (ev.user_block_size, ev.item_block_size, ev.group_size) == (3, 5, 7)
         assert (ev.torch_threads, ev.device, ev.k, ev.exclude_seen) == (2, "cpu", 20, False)
         assert not ev.reasons
-        assert ev.cold_item_slots == (rc.cold_item_slots if cold else 0)
+        assert ev.cold_item_slots == (1 if cold else 0)  # null: 1 for a model without a record
+
+
+def test_cold_settings_come_from_the_config_else_the_models_choice_else_the_defaults() -> None:
+    from recspark.evaluate.job import eval_score_params
+    from recspark.recommend.config import RecommendConfig, cold_settings, with_cold_choice
+    from recspark.recommend.scoring import score_params
+
+    choice = {"score": False, "slots": 0, "validation_targets": 0}
+    auto = RecommendConfig()
+    assert cold_settings(auto, None) == (True, 1)
+    assert cold_settings(auto, choice) == (False, 0)
+    assert cold_settings(RecommendConfig(score_cold_items=True), choice) == (True, 0)
+    assert cold_settings(RecommendConfig(cold_item_slots=2), choice) == (False, 2)
+    resolved = with_cold_choice(auto, choice)
+    assert (resolved.score_cold_items, resolved.cold_item_slots) == (False, 0)
+    p = score_params(auto, choice)
+    assert (p.score_cold_items, p.cold_item_slots) == (False, 0)
+    ev = eval_score_params(auto, k=5, exclude_seen=True, cold_items=True, cold_choice=choice)
+    assert (ev.score_cold_items, ev.cold_item_slots) == (False, 0)
 
 
 def test_cold_items_compete_everywhere_or_only_for_their_reserved_places() -> None:

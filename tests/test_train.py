@@ -39,7 +39,7 @@ from recspark.train.artifacts import CHECKPOINT, MODEL_FILE, load_checkpoint, re
 from recspark.train.config import TrainConfig
 from recspark.train.inference import item_vectors, user_vectors
 from recspark.train.launch import run_training
-from recspark.train.loop import TrainSpec, train_worker
+from recspark.train.loop import TrainSpec, cold_choice, train_worker
 from recspark.train.model import (
     ItemFeatures,
     ModelShape,
@@ -282,18 +282,53 @@ def test_ranking_metrics_match_a_numpy_reference() -> None:
     with torch.no_grad():
         items = model.items(feats, torch.arange(N_CATS * PER_CAT)).numpy()
         users = model.users(feats, hist).numpy()
-    ndcg_ref, hits_ref = 0.0, 0.0
-    for u, h, t in zip(users, hist.numpy(), target.numpy(), strict=True):
-        scores = items @ u
-        excluded = {int(i) for i in h if i >= 0}
-        better = sum(1 for j, sc in enumerate(scores) if j not in excluded and sc > scores[t])
-        rank = better + 1
-        if rank <= 5:
-            ndcg_ref += 1.0 / np.log2(rank + 1)
-            hits_ref += 1.0
+
+    def reference(left_out: set[int]) -> tuple[float, float]:
+        ndcg_ref, hits_ref = 0.0, 0.0
+        for u, h, t in zip(users, hist.numpy(), target.numpy(), strict=True):
+            scores = items @ u
+            excluded = {int(i) for i in h if i >= 0} | left_out
+            better = sum(1 for j, sc in enumerate(scores) if j not in excluded and sc > scores[t])
+            rank = better + 1
+            if rank <= 5 and int(t) not in left_out:
+                ndcg_ref += 1.0 / np.log2(rank + 1)
+                hits_ref += 1.0
+        return ndcg_ref, hits_ref
+
+    ndcg_ref, hits_ref = reference(set())
     ndcg, hits, n = evaluate(model, feats, hist, target, k=5, chunk=2)
     assert n == 7 and hits_ref > 0
     assert ndcg == pytest.approx(ndcg_ref, rel=1e-5) and hits == hits_ref
+    # Items left out of the lists (the cold ones, in validation): a target among them misses.
+    left_out = {9, 30, 1, 2, 5, 11}
+    exclude = torch.zeros(N_CATS * PER_CAT, dtype=torch.bool)
+    exclude[sorted(left_out)] = True
+    ndcg_ref, hits_ref = reference(left_out)
+    ndcg, hits, n = evaluate(model, feats, hist, target, k=5, chunk=2, exclude=exclude)
+    assert ndcg == pytest.approx(ndcg_ref, rel=1e-5) and hits == hits_ref
+
+
+def test_cold_choice_is_read_from_the_best_validation_epoch() -> None:
+    def epoch(e: int, scored: float, excluded: float, cold: float) -> dict[str, Any]:
+        return {
+            "phase": "validate",
+            "epoch": e,
+            "val_ndcg_at_10": scored,
+            "val_ndcg_at_10_cold_excluded": excluded,
+            "val_cold_targets": cold,
+        }
+
+    history = [epoch(1, 0.20, 0.10, 3.0), epoch(2, 0.30, 0.35, 0.0), {"phase": "final", "epoch": 1}]
+    assert cold_choice(history, 1, 10) == {
+        "validation_targets": 3,
+        "ndcg_scored": 0.20,
+        "ndcg_excluded": 0.10,
+        "score": True,
+        "slots": 1,
+    }
+    second = cold_choice(history, 2, 10)
+    assert second is not None and (second["score"], second["slots"]) == (False, 0)
+    assert cold_choice(history[2:], 1, 10) is None  # no validation phase
 
 
 def test_zero_weight_rows_give_zero_gradient() -> None:
@@ -486,6 +521,11 @@ def test_fit_writes_a_tracked_model_that_learned_from_all_data(fitted: dict[str,
     assert meta["shape"]["learn_recency"] and abs(learned - 2.0) > 1e-3
     assert meta["shape"]["recency_half_life"] == pytest.approx(learned)
     assert result.metrics["recency_half_life"] == pytest.approx(learned)
+    # The cold-item choice of the best validation epoch is recorded and returned.
+    cold = meta["cold_items"]
+    assert cold is not None and result.cold_items == cold
+    assert cold["score"] == (cold["ndcg_scored"] > cold["ndcg_excluded"])
+    assert cold["slots"] == (1 if cold["validation_targets"] > 0 else 0)
     # The final model's item ids cover the validation period too (it learned from everything).
     feats = Path(fitted["model_dir"]) / "data" / "items"
     import pyarrow.parquet as pq

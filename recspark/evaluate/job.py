@@ -9,7 +9,7 @@ the training split only); writes one row per (model, metric, k) of the run into
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -55,13 +55,19 @@ def _log(msg: str) -> None:
 
 
 def eval_score_params(
-    rc: RecommendConfig, *, k: int, exclude_seen: bool, cold_items: bool
+    rc: RecommendConfig,
+    *,
+    k: int,
+    exclude_seen: bool,
+    cold_items: bool,
+    cold_choice: Mapping[str, Any] | None = None,
 ) -> ScoreParams:
     """The recommend stage's kernel settings (block sizes, groups, threads, device), with
     evaluate's list length and exclusion, no reasons, and cold-item slots only for a model
-    that can score cold items (pure)."""
+    that can score cold items (with the model's ``cold_choice`` where the config leaves the
+    cold-item settings null, as the recommend stage does) (pure)."""
     extra = {} if cold_items else {"cold_item_slots": 0}
-    return score_params(rc, k=k, exclude_seen=exclude_seen, reasons=False, **extra)
+    return score_params(rc, cold_choice, k=k, exclude_seen=exclude_seen, reasons=False, **extra)
 
 
 def kernel_recs(
@@ -222,11 +228,21 @@ class _Run:
     text: DataFrame | None
     embeddings: DataFrame | None
 
-    def params(self, *, cold_items: bool, exclude_seen: bool | None = None) -> ScoreParams:
+    def params(
+        self,
+        *,
+        cold_items: bool,
+        exclude_seen: bool | None = None,
+        cold_choice: Mapping[str, Any] | None = None,
+    ) -> ScoreParams:
         exclude = self.cfg.recommend.exclude_seen if exclude_seen is None else exclude_seen
         k = max(self.cfg.evaluate.ks)
         return eval_score_params(
-            self.cfg.recommend, k=k, exclude_seen=exclude, cold_items=cold_items
+            self.cfg.recommend,
+            k=k,
+            exclude_seen=exclude,
+            cold_items=cold_items,
+            cold_choice=cold_choice,
         )
 
     def baseline_recs(self, uv: DataFrame, iv: DataFrame, version: str) -> DataFrame:
@@ -276,7 +292,7 @@ def _recspark(r: _Run) -> tuple[DataFrame, str, str | None]:
     uv = inference.user_vectors(r.spark, result.model_dir, tev, iv)
     version = str(result.model_version)
     c = r.cut
-    params = r.params(cold_items=True)
+    params = r.params(cold_items=True, cold_choice=result.cold_items)
     recs = kernel_recs(uv, iv, c.train, r.items, c.users, params, version, r.run_id, text=r.text)
     return recs, version, None
 

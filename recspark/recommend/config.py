@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -13,11 +14,15 @@ class RecommendConfig:
     k: int = 10
     # Leave out items the user already interacted with (contract default).
     exclude_seen: bool = True
-    # Places of each list kept for items with no interactions yet (0 disables).
-    cold_item_slots: int = 1
+    # Places of each list kept for items with no interactions yet (0 disables). Null: the
+    # model's choice on its validation period (1 when users took up any item new in that
+    # period, else 0; 1 for a model without that record).
+    cold_item_slots: int | None = None
     # Whether items with no interactions compete for every place (true) or only for their
     # reserved places (false: at most cold_item_slots of them per list; none with 0 slots).
-    score_cold_items: bool = True
+    # Null: the model's choice on its validation period (true when ranking them among the
+    # others scored higher there than leaving them out; true without that record).
+    score_cold_items: bool | None = None
     # Users per matrix product inside a task, and items per block: a task holds one
     # user_block_size x item_block_size float32 score matrix at a time, reduced to the best
     # score of each group of consecutive items while it is in cache (see kernel.topk_scores).
@@ -46,7 +51,7 @@ class RecommendConfig:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, found {self.k}")
-        if self.cold_item_slots < 0:
+        if self.cold_item_slots is not None and self.cold_item_slots < 0:
             raise ValueError(f"cold_item_slots must be >= 0, found {self.cold_item_slots}")
         if not 0.0 <= self.diversity <= 1.0:
             raise ValueError(f"diversity must be in [0, 1], found {self.diversity}")
@@ -64,3 +69,22 @@ class RecommendConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, found {getattr(self, name)}")
+
+
+def cold_settings(rc: RecommendConfig, choice: Mapping[str, Any] | None) -> tuple[bool, int]:
+    """``score_cold_items`` and ``cold_item_slots`` (pure): as configured, or where left null,
+    from the model's ``cold_items`` record (its ``meta.json``: ``score`` and ``slots``, chosen on
+    its validation period), or true and 1 without one."""
+    score = rc.score_cold_items
+    if score is None:
+        score = bool(choice["score"]) if choice is not None else True
+    slots = rc.cold_item_slots
+    if slots is None:
+        slots = int(choice["slots"]) if choice is not None else 1
+    return score, slots
+
+
+def with_cold_choice(rc: RecommendConfig, choice: Mapping[str, Any] | None) -> RecommendConfig:
+    """``rc`` with its cold-item settings resolved by :func:`cold_settings` (pure)."""
+    score, slots = cold_settings(rc, choice)
+    return replace(rc, score_cold_items=score, cold_item_slots=slots)

@@ -48,6 +48,19 @@ def collect_index(catalog: DataFrame, text: DataFrame | None = None) -> ItemInde
     return ItemIndex.from_pandas(scored.toPandas())
 
 
+def _cold_choice(cfg: Config, model_version: str) -> dict[str, Any] | None:
+    """The served model's ``cold_items`` record (chosen on its validation period; see
+    ``recommend.score_cold_items``), from its ``meta.json`` in the model folder; None when the
+    folder or the record is missing (the cold-item defaults then apply)."""
+    from recspark.train.artifacts import read_meta
+
+    try:
+        choice = read_meta(cfg.locations().model_dir(model_version)).get("cold_items")
+    except ModelError:
+        return None
+    return dict(choice) if isinstance(choice, dict) else None
+
+
 def _vectors(spark: SparkSession, cfg: Config) -> tuple[Any, DataFrame, DataFrame]:
     """The registered model (or None) and the item and user vectors to serve: a registered
     model's (its user tower on ``silver/events``) when ``recommend.model`` is set, else the
@@ -132,7 +145,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             interactions,
             catalog,
             index,
-            score_params(cfg.recommend),
+            score_params(cfg.recommend, _cold_choice(cfg, model_version)),
             model_version=model_version,
             run_id=str(cfg.run_id),
             generated_at=datetime.now(UTC),

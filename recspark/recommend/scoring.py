@@ -12,7 +12,7 @@ re-ranked for diversity (MMR) and given reserved cold-item slots; each entry get
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql.types import DoubleType, IntegerType, StringType, StructField, StructType
 
 from recspark.errors import SchemaError
-from recspark.recommend.config import RecommendConfig
+from recspark.recommend.config import RecommendConfig, cold_settings
 from recspark.recommend.kernel import (
     GROUP_SIZE,
     ITEM_BLOCK_SIZE,
@@ -163,18 +163,23 @@ class ScoreParams:
     score_cold_items: bool = True
 
 
-def score_params(rc: RecommendConfig, **overrides: Any) -> ScoreParams:
+def score_params(
+    rc: RecommendConfig, cold_choice: Mapping[str, Any] | None = None, **overrides: Any
+) -> ScoreParams:
     """The kernel's parameters from the recommend config (pure): the one place they are
     built, for the recommend stage and for every model evaluate scores with the kernel.
 
     Args:
         rc: the ``recommend`` section.
+        cold_choice: the model's ``cold_items`` record, for the cold-item settings left null
+            (:func:`~recspark.recommend.config.cold_settings`).
         overrides: ScoreParams fields that differ from the config (evaluate's ``k``, ...).
     """
+    score_cold, cold_slots = cold_settings(rc, cold_choice)
     params = ScoreParams(
         k=rc.k,
         exclude_seen=rc.exclude_seen,
-        cold_item_slots=rc.cold_item_slots,
+        cold_item_slots=cold_slots,
         user_block_size=rc.user_block_size,
         item_block_size=rc.item_block_size,
         group_size=rc.group_size,
@@ -183,7 +188,7 @@ def score_params(rc: RecommendConfig, **overrides: Any) -> ScoreParams:
         device=pick_device(rc.device).type,
         diversity=rc.diversity,
         diversity_candidates=rc.diversity_candidates,
-        score_cold_items=rc.score_cold_items,
+        score_cold_items=score_cold,
     )
     return dataclasses.replace(params, **overrides)
 

@@ -18,6 +18,7 @@ from recspark import tables
 from recspark.config import Config
 from recspark.errors import ConfigError
 from recspark.log import get_logger
+from recspark.recommend.config import with_cold_choice
 from recspark.recommend.transforms import item_catalog
 from recspark.registry import models
 from recspark.registry.scorer import ITEM_COLUMNS, Scorer, model_settings, write_files
@@ -84,7 +85,7 @@ def publish(
         int(meta["history_len"]),
         float(meta["shape"]["recency_half_life"]),
         meta["event_weights"],
-        cfg.recommend,
+        with_cold_choice(cfg.recommend, meta.get("cold_items")),
     )
     ids = sorted(str(i) for i in frame[ITEM_ID])
     example = [ids[:2], ids[2:3] or ids[:1]]

@@ -298,13 +298,48 @@ def run_epoch(run: Run, inputs: PhaseInputs, epoch: int) -> float:
     return tot[0] / max(tot[1], 1e-12)
 
 
-def validate(run: Run, inputs: PhaseInputs) -> tuple[float, float]:
-    """NDCG@k and recall@k of the model on the validation examples of all ranks."""
-    part = evaluate(
-        run.model, inputs.feats, run.data.valid_hist, run.data.valid_target, run.spec.validation_k
+def validate(run: Run, inputs: PhaseInputs) -> dict[str, float]:
+    """The model on the validation examples of all ranks: NDCG@k and recall@k; NDCG@k when
+    the items without training interactions (cold in this phase) are left out of the lists;
+    and how many targets are such items."""
+    k, hist, target = run.spec.validation_k, run.data.valid_hist, run.data.valid_target
+    part = evaluate(run.model, inputs.feats, hist, target, k)
+    cold = ~inputs.known
+    warm_only = evaluate(run.model, inputs.feats, hist, target, k, exclude=cold)
+    n_cold = float(cold[target].sum()) if target.numel() else 0.0
+    ndcg, recall, excluded, cold_targets, n = run.comm.allreduce(
+        [part[0], part[1], warm_only[0], n_cold, float(part[2])], "sum"
     )
-    ndcg, recall, n = run.comm.allreduce([part[0], part[1], float(part[2])], "sum")
-    return ndcg / max(n, 1.0), recall / max(n, 1.0)
+    return {
+        f"val_ndcg_at_{k}": ndcg / max(n, 1.0),
+        f"val_recall_at_{k}": recall / max(n, 1.0),
+        f"val_ndcg_at_{k}_cold_excluded": excluded / max(n, 1.0),
+        "val_cold_targets": cold_targets,
+    }
+
+
+def cold_choice(history: list[dict[str, Any]], best_epoch: int, k: int) -> dict[str, Any] | None:
+    """What the validation period says of items without training interactions (pure), from
+    the best validation epoch: whether ranking them among the others helped (``score``: NDCG@k
+    with them above NDCG@k without), and whether users took any of them up at all (``slots``:
+    1 when some validation target was such an item, else 0: a reserved place would go unused).
+    None without a validation phase."""
+    best = [
+        h
+        for h in history
+        if h["phase"] == PHASE_VALIDATE and h["epoch"] == best_epoch and "val_cold_targets" in h
+    ]
+    if not best:
+        return None
+    h = best[-1]
+    scored, excluded = float(h[f"val_ndcg_at_{k}"]), float(h[f"val_ndcg_at_{k}_cold_excluded"])
+    return {
+        "validation_targets": int(h["val_cold_targets"]),
+        "ndcg_scored": scored,
+        "ndcg_excluded": excluded,
+        "score": scored > excluded,
+        "slots": 1 if h["val_cold_targets"] > 0 else 0,
+    }
 
 
 def validation_epoch(run: Run, inputs: PhaseInputs) -> None:
@@ -312,16 +347,9 @@ def validation_epoch(run: Run, inputs: PhaseInputs) -> None:
     state, k = run.state, run.spec.validation_k
     epoch = state["epoch"] + 1
     loss = run_epoch(run, inputs, epoch)
-    ndcg, recall = validate(run, inputs)
-    state["history"].append(
-        {
-            "phase": PHASE_VALIDATE,
-            "epoch": epoch,
-            "train_loss": loss,
-            f"val_ndcg_at_{k}": ndcg,
-            f"val_recall_at_{k}": recall,
-        }
-    )
+    scores = validate(run, inputs)
+    ndcg = scores[f"val_ndcg_at_{k}"]
+    state["history"].append({"phase": PHASE_VALIDATE, "epoch": epoch, "train_loss": loss, **scores})
     state["epoch"] = epoch
     if ndcg > state["best_metric"]:
         state["best_metric"], state["best_epoch"], state["bad_epochs"] = ndcg, epoch, 0
@@ -366,6 +394,7 @@ def finish(run: Run) -> dict[str, Any]:
             "history": state["history"],
             "num_proc": run.comm.size,
             "digest": digest,
+            "cold_items": cold_choice(state["history"], state["best_epoch"], spec.validation_k),
             **spec.extra_meta,
         }
         write_model(spec.model_dir, run.model.state_dict(), meta)

@@ -290,10 +290,12 @@ def rank_metrics(
     target: Tensor,
     k: int,
     item_vecs: Tensor | None = None,
+    exclude: Tensor | None = None,
 ) -> tuple[float, float, int]:
     """Sum of NDCG@k and of recall@k of ``target`` among all items, and the example count.
 
-    Items in the example's history are excluded from the ranking (they are never recommended).
+    Items in the example's history are excluded from the ranking (they are never recommended),
+    and so are the items where ``exclude`` (``[N]`` bool) is True; a target among them is a miss.
     """
     if target.numel() == 0:
         return 0.0, 0.0, 0
@@ -307,9 +309,13 @@ def rank_metrics(
         mask = history >= 0
         rows = torch.arange(history.shape[0], device=history.device).unsqueeze(1).expand_as(history)
         scores[rows[mask], history[mask]] = -math.inf
+        if exclude is not None:
+            scores[:, exclude] = -math.inf
         own = scores.gather(1, target.unsqueeze(1))
         rank = (scores > own).sum(dim=1) + 1
         hit = rank <= k
+        if exclude is not None:
+            hit = hit & ~exclude[target]
         ndcg = torch.where(hit, 1.0 / torch.log2(rank.to(torch.float32) + 1.0), 0.0)
         return float(ndcg.sum()), float(hit.to(torch.float32).sum()), int(target.numel())
     finally:
@@ -324,6 +330,7 @@ def evaluate(
     target: Tensor,
     k: int,
     chunk: int = 1024,
+    exclude: Tensor | None = None,
 ) -> tuple[float, float, int]:
     """:func:`rank_metrics` over ``chunk`` examples at a time (scores stay ``chunk x N``)."""
     was_training = model.training
@@ -334,7 +341,7 @@ def evaluate(
         ndcg, recall, n = 0.0, 0.0, 0
         for i in range(0, int(target.shape[0]), chunk):
             part = rank_metrics(
-                model, feats, history[i : i + chunk], target[i : i + chunk], k, item_vecs
+                model, feats, history[i : i + chunk], target[i : i + chunk], k, item_vecs, exclude
             )
             ndcg, recall, n = ndcg + part[0], recall + part[1], n + part[2]
         return ndcg, recall, n

@@ -60,6 +60,9 @@ class TrainResult:
     resumed_from: str | None = None
     # The MLflow training run (None when tracking was off).
     mlflow_run_id: str | None = None
+    # What the validation period said of items without training interactions (see
+    # loop.cold_choice); None without a validation phase or for a model trained before it.
+    cold_items: dict[str, Any] | None = None
 
 
 def _result(model_dir: str, meta: dict[str, Any], resumed_from: str | None) -> TrainResult:
@@ -69,6 +72,7 @@ def _result(model_dir: str, meta: dict[str, Any], resumed_from: str | None) -> T
         metrics={k: float(v) for k, v in meta.get("metrics", {}).items()},
         resumed_from=resumed_from,
         mlflow_run_id=meta.get("mlflow_run_id"),
+        cold_items=meta.get("cold_items"),
     )
 
 
