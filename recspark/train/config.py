@@ -17,7 +17,10 @@ class TrainConfig:
     batch_size: int = 256
     learning_rate: float = 0.002
     dim: int = 64
-    history_len: int = 50
+    # Interactions in a user's history (the newest). 100 was chosen on the demo's validation
+    # split (NDCG@10 0.1771 at 50, 0.1818 at 100, 0.1838 at 200, whose epochs take 2.4x as
+    # long as at 50; 100 takes 1.2x).
+    history_len: int = 100
     # The user tower's recency half-life, in events of the user's history: where learning
     # starts when learn_recency (Adam on its log, step recency_learning_rate), else fixed.
     # The learned value is in the model's meta.json and training metrics.
