@@ -469,7 +469,12 @@ def _fake_home(tmp_path: Path, body: str) -> Path:
 
 
 def test_cluster_start_failure_reports_the_daemon_log(tmp_path: Path) -> None:
-    home = _fake_home(tmp_path, 'echo "Address already in use: $1"\nexit 1\n')
+    # Only the master fails (the worker waits): which daemon is seen failing first is then
+    # not a race between two failing processes.
+    home = _fake_home(
+        tmp_path,
+        'case "$1" in *Master) echo "Address already in use: $1"; exit 1;; esac\nsleep 30\n',
+    )
     with (
         pytest.raises(LaunchError, match=r"spark master failed \(exit code 1\)") as info,
         C.standalone_cluster(tmp_path / "c", SPEC, home=home, start_timeout=30, poll=0.1),

@@ -346,7 +346,7 @@ def test_cold_items_compete_everywhere_or_only_for_their_reserved_places() -> No
     users["seen"] = [None]
 
     def top(**kw: object) -> list[str]:
-        params = ScoreParams(k=3, reasons=False, **kw)  # type: ignore[arg-type]
+        params = ScoreParams(**{"k": 3, "reasons": False, **kw})  # type: ignore[arg-type]
         out = pd.concat(list(score_batches(iter([users]), index, params)))
         return list(out.sort_values("rank")["item_id"])
 
@@ -355,3 +355,10 @@ def test_cold_items_compete_everywhere_or_only_for_their_reserved_places() -> No
     assert top(score_cold_items=False) == ["w1", "w2", "w3"]
     assert top(score_cold_items=False, cold_item_slots=1) == ["c1", "w1", "w2"]
     assert top(score_cold_items=False, cold_item_slots=2) == ["c1", "c2", "w1"]
+    # Fewer warm items than places: cold items fill the rest, after every warm one, so the
+    # list still has min(k, eligible) items (the contract).
+    assert top(score_cold_items=False, k=5) == ["w1", "w2", "w3", "c1", "c2"]
+    seen = users.assign(seen=[["w2"]])
+    params = ScoreParams(k=4, reasons=False, score_cold_items=False)
+    out = pd.concat(list(score_batches(iter([seen]), index, params)))
+    assert list(out.sort_values("rank")["item_id"]) == ["w1", "w3", "c1", "c2"]

@@ -5,10 +5,50 @@ Like the kernel, no Spark: tensors and arrays in, tensors and arrays out.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
 from recspark.recommend.kernel import order_rows
+
+
+def backfill(
+    vals: torch.Tensor, idx: torch.Tensor, fill_vals: torch.Tensor, fill_idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill each list's empty places (non-finite values, which come last) with the best fill
+    entries not already in it, in their order, after the list's own entries.
+
+    The recommend stage uses it when cold items compete only for their reserved places: a
+    user with fewer eligible warm items than k still gets ``min(k, eligible)`` items, the
+    cold ones after every warm one.
+
+    Args:
+        vals: ``(users, k)`` top-K values, non-finite where a place is empty.
+        idx: ``(users, k)`` their item indices.
+        fill_vals: ``(users, f)`` values of the fill candidates (best first).
+        fill_idx: ``(users, f)`` their item indices.
+
+    Returns:
+        ``(values, indices)`` of the same shape as ``vals``.
+    """
+    valid = torch.isfinite(vals)
+    rows = torch.nonzero(~valid.all(dim=1)).flatten().tolist()
+    if not rows or fill_vals.shape[1] == 0:
+        return vals, idx
+    vals, idx = vals.clone(), idx.clone()
+    k = vals.shape[1]
+    for r in rows:
+        n = int(valid[r].sum())
+        have = set(idx[r, :n].tolist())
+        add = [
+            (v, i)
+            for v, i in zip(fill_vals[r].tolist(), fill_idx[r].tolist(), strict=True)
+            if math.isfinite(v) and i not in have
+        ][: k - n]
+        for j, (v, i) in enumerate(add):
+            vals[r, n + j], idx[r, n + j] = v, i
+    return vals, idx
 
 
 def reserve_slots(

@@ -32,7 +32,7 @@ from recspark.recommend.kernel import (
     pick_device,
     topk_scores,
 )
-from recspark.recommend.rerank import mmr_order, reserve_slots
+from recspark.recommend.rerank import backfill, mmr_order, reserve_slots
 from recspark.schema import (
     EMBEDDING,
     IS_COLD,
@@ -314,6 +314,10 @@ class _Scorer:
         )
         if mmr and text is not None:
             vals, idx = diversify(vals, idx, text, p.k, p.diversity)
+        if warm is not None and not bool(torch.isfinite(vals).all()):
+            # Fewer eligible warm items than places: cold items fill the rest, after them.
+            fvals, fidx = self._topk(users_t, p.k, excluded, self.cold_t)
+            vals, idx = backfill(vals, idx, fvals, fidx)
         if p.cold_item_slots > 0 and any_cold:
             cold_k = min(p.cold_item_slots, p.k)
             cvals, cidx = self._topk(users_t, cold_k, excluded, self.cold_t)
