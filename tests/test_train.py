@@ -39,7 +39,13 @@ from recspark.train.artifacts import CHECKPOINT, MODEL_FILE, load_checkpoint, re
 from recspark.train.config import TrainConfig
 from recspark.train.inference import item_vectors, user_vectors
 from recspark.train.launch import run_training
-from recspark.train.loop import TrainSpec, cold_choice, train_worker
+from recspark.train.loop import (
+    TrainSpec,
+    cold_choice,
+    context_for_epoch,
+    decide_context,
+    train_worker,
+)
 from recspark.train.model import (
     ItemFeatures,
     ModelShape,
@@ -331,6 +337,23 @@ def test_cold_choice_is_read_from_the_best_validation_epoch() -> None:
     assert cold_choice(history[2:], 1, 10) is None  # no validation phase
 
 
+def test_the_training_context_is_the_history_until_the_half_life_says_order_is_weak() -> None:
+    # auto: the bag once the half-life after the first epoch reaches the history length
+    assert decide_context("auto", 100.0, 100) == "bag"
+    assert decide_context("auto", 99.9, 100) == "preceding"
+    assert decide_context("preceding", 1e6, 100) == "preceding"
+    assert decide_context("bag", 1.0, 100) == "bag"
+    # a phase's first epoch (and any epoch before a decision) trains on the history
+    assert [context_for_epoch("auto", e, "bag") for e in (1, 2, 3)] == [
+        "preceding",
+        "bag",
+        "bag",
+    ]
+    assert context_for_epoch("auto", 2, None) == "preceding"
+    assert [context_for_epoch("bag", e, "preceding") for e in (1, 2)] == ["bag", "bag"]
+    assert [context_for_epoch("preceding", e, "bag") for e in (1, 2)] == ["preceding"] * 2
+
+
 def test_zero_weight_rows_give_zero_gradient() -> None:
     feats, hist, target = _separable_tensors(8, 2)
     model = TwoTower(ModelShape(TEXT_DIM, N_CATS * PER_CAT, N_CATS, dim=8))
@@ -372,6 +395,51 @@ def test_sequence_examples_history_and_padding(spark: SparkSession) -> None:
         [("u", 2, [-1, 0], 1.0), ("u", 3, [0, 2], 2.0), ("u", 1, [2, 3], 4.0)], schema
     )
     assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def _bag_examples(spark: SparkSession) -> DataFrame:
+    """User u's items in order 10, 11, ..., 15 (targets 11..15), v's 20, 21; history_len 2."""
+    rows = []
+    for user, items in (("u", list(range(10, 16))), ("v", [20, 21])):
+        for pos in range(1, len(items)):
+            hist = items[max(0, pos - 2) : pos]
+            rows.append((user, items[pos], [-1] * (2 - len(hist)) + hist))
+    return spark.createDataFrame(rows, "user_id string, target int, history array<int>")
+
+
+def test_bag_contexts_are_the_users_other_items(spark: SparkSession) -> None:
+    examples = _bag_examples(spark)
+    got = {
+        (r["user_id"], r["target"]): r["context"]
+        for r in ds.bag_contexts(examples, 10, seed=7).collect()
+    }
+    items = {"u": set(range(10, 16)), "v": {20, 21}}
+    assert len(got) == 6
+    for (user, target), context in got.items():
+        assert len(context) == 10  # padded on the left, as the history
+        real = [c for c in context if c >= 0]
+        assert context[: 10 - len(real)] == [-1] * (10 - len(real))
+        # every other item of the user, the first one (only ever in a history) included
+        assert sorted(real) == sorted(items[user] - {target})
+
+
+def test_bag_contexts_draw_one_bounded_pool_per_user(spark: SparkSession) -> None:
+    examples = _bag_examples(spark)
+    rows = ds.bag_contexts(examples, 2, seed=7).where(F.col("user_id") == "u").collect()
+    contexts = {r["target"]: r["context"] for r in rows}
+    # history_len 2: a pool of 3 of u's 6 items; each context is 2 pool items, never its target
+    pool = {c for ctx in contexts.values() for c in ctx}
+    assert len(pool) == 3 and pool <= set(range(10, 16))
+    for target, ctx in contexts.items():
+        assert len(ctx) == 2 and target not in ctx and len(set(ctx)) == 2
+    # the seed decides the draw: the same seed, the same contexts
+    again = ds.bag_contexts(examples, 2, seed=7).where(F.col("user_id") == "u").collect()
+    assert {r["target"]: r["context"] for r in again} == contexts
+    pools = {
+        frozenset(c for r in ds.bag_contexts(examples, 2, seed=s).collect() for c in r["context"])
+        for s in range(6)
+    }
+    assert len(pools) > 1
 
 
 def test_interactions_from_events_weights_and_cutoff(spark: SparkSession) -> None:
@@ -655,6 +723,35 @@ def test_killed_run_resumes_from_its_checkpoint(fitted: dict[str, Any], tmp_path
     # Resuming replays exactly what the uninterrupted run did.
     assert resumed["history"] == whole["history"]
     assert resumed["digest"] == whole["digest"]
+
+
+def test_auto_context_switches_to_the_bag_and_trains_on_it(
+    fitted: dict[str, Any], tmp_path: Path
+) -> None:
+    data_dir = str(Path(fitted["model_dir"]) / "data")
+    flat = ModelShape(
+        TEXT_DIM, N_CATS * PER_CAT, N_CATS, dim=8, temperature=0.1, recency_half_life=50.0
+    )
+    auto = train_worker(_spec_for(tmp_path / "auto", data_dir, shape=flat, context="auto"))
+    # a fixed half-life of 50 >= history_len 4: order says little, the bag after epoch 1
+    assert [(h["phase"], h["epoch"], h["context"]) for h in auto["history"]][:2] == [
+        ("validate", 1, "preceding"),
+        ("validate", 2, "bag"),
+    ]
+    assert [h["context"] for h in auto["history"] if h["phase"] == "final"][:2] == [
+        "preceding",
+        "bag",
+    ][: auto["best_epoch"]]
+    meta = read_meta(str(tmp_path / "auto"))
+    assert meta["context"] == {"mode": "auto", "after_first_epoch": "bag"}
+    steep_shape = dataclasses.replace(flat, recency_half_life=1.0)
+    steep = train_worker(_spec_for(tmp_path / "steep", data_dir, shape=steep_shape, context="auto"))
+    assert {h["context"] for h in steep["history"]} == {"preceding"}
+    # the bag column is what a bag epoch reads: the same run on the history differs
+    bag = train_worker(_spec_for(tmp_path / "bag", data_dir, context="bag"))
+    preceding = train_worker(_spec_for(tmp_path / "prec", data_dir, context="preceding"))
+    assert {h["context"] for h in bag["history"]} == {"bag"}
+    assert bag["digest"] != preceding["digest"]
 
 
 class _Payload:

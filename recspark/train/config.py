@@ -27,6 +27,12 @@ class TrainConfig:
     recency_half_life: float = 10.0
     learn_recency: bool = True
     recency_learning_rate: float = 0.05
+    # What a training example's user tower sees: "preceding" (the history_len interactions
+    # before the target, as when scoring), "bag" (up to history_len of the user's other
+    # training items, in no order) or "auto": the first epoch on the preceding history, the
+    # rest on the bag when the half-life after it is at least history_len (order says little:
+    # the newest item weighs at most twice the oldest), else still on the history.
+    context: Literal["auto", "preceding", "bag"] = "auto"
     item_id_dropout: float = 0.3
     temperature: float = 0.05
     # The loss: a full softmax over every item when the catalog has at most

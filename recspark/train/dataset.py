@@ -4,6 +4,10 @@ An *example* is one interaction (the target) with the user's interactions before
 history), as the model is used at recommendation time. The history is a fixed-length array of
 item indices, right-aligned (newest last) and left-padded with -1, so that Petastorm can hand
 it to torch as one ``[B, L]`` array.
+
+An example also carries a *context*: up to as many of the user's other items of the same
+example set, in no particular order (:func:`bag_contexts`). Training on it instead of the
+history suits data whose order says little (see ``recspark.train.loop.context_for_epoch``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ ID_IDX = "id_idx"
 EXAMPLE_ID = "example_id"
 TARGET = "target"
 HISTORY = "history"
+CONTEXT = "context"
 KNOWN_TRAIN = "known_train"
 KNOWN_ALL = "known_all"
 N_TRAIN = "n_train"
@@ -164,6 +169,51 @@ def sequence_examples(interactions: DataFrame, index: DataFrame, history_len: in
         F.concat(pad, F.col("_h")).cast("array<int>").alias(HISTORY),
         WEIGHT,
         TS,
+    )
+
+
+def bag_contexts(examples: DataFrame, history_len: int, *, seed: int) -> DataFrame:
+    """Add ``context``: the user's other items of ``examples``, order-free.
+
+    A user's items are the targets and history items of their examples. Each user keeps a
+    pool of ``history_len + 1`` of them, drawn by a seeded hash of (user, item) (the item
+    index breaks ties), so that the cost is bounded by the history length however many items
+    a user has; an example's context is its pool without its target, at most
+    ``history_len`` items. Compute it per example set (the training-period examples apart
+    from all of them), so that no context holds an item of a period the set leaves out.
+
+    Args:
+        examples: ``user_id``, ``target`` and ``history`` (as :func:`sequence_examples`).
+        seed: the draw's seed.
+
+    Returns:
+        ``examples`` with ``context`` (array<int> of length ``history_len``, padded on the
+        left with -1, as ``history``).
+    """
+    require_columns(examples.columns, [USER_ID, TARGET, HISTORY], "examples")
+    # Every item but a user's first is a target; the first is the newest history item of
+    # the user's second example: targets plus newest history items are all the items.
+    items = (
+        examples.select(USER_ID, F.col(TARGET).alias(ITEM_IDX))
+        .union(examples.select(USER_ID, F.element_at(HISTORY, -1).alias(ITEM_IDX)))
+        .where(F.col(ITEM_IDX) >= 0)
+        .distinct()
+        .withColumn("_draw", F.xxhash64(F.lit(seed), USER_ID, ITEM_IDX))
+    )
+    order = Window.partitionBy(USER_ID).orderBy("_draw", ITEM_IDX)
+    pools = (
+        items.withColumn("_n", F.row_number().over(order))
+        .where(F.col("_n") <= history_len + 1)
+        .groupBy(USER_ID)
+        .agg(F.array_sort(F.collect_list(F.struct("_n", ITEM_IDX))).alias("_pool"))
+    )
+    others = F.filter(F.transform("_pool", lambda s: s[ITEM_IDX]), lambda x: x != F.col(TARGET))
+    ctx = F.slice(others, 1, history_len)
+    pad = F.array_repeat(F.lit(-1), F.lit(history_len) - F.size(ctx))
+    return (
+        examples.join(pools, USER_ID, "left")
+        .withColumn(CONTEXT, F.concat(pad, ctx).cast("array<int>"))
+        .drop("_pool")
     )
 
 

@@ -44,9 +44,13 @@ from recspark.train.reader import (
     shard_rows,
 )
 
-TRAIN_FIELDS = ("example_id", "target", "history", "weight")
+TRAIN_FIELDS = ("example_id", "target", "weight")  # plus the epoch's context column
 PHASE_VALIDATE = "validate"
 PHASE_FINAL = "final"
+PRECEDING = "preceding"  # train on the ``history`` column
+BAG = "bag"  # train on the ``context`` column
+AUTO = "auto"
+CONTEXT_COLUMN = {PRECEDING: "history", BAG: "context"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class TrainSpec:
     # Adam's step size for the log of the user tower's half-life (when the shape learns it):
     # larger than the weights', so that it can travel from its start within a few epochs.
     recency_learning_rate: float = 0.05
+    # "preceding", "bag" or "auto" (see context_for_epoch).
+    context: str = PRECEDING
     validation_k: int = 10
     negatives: int = 64
     # Score every item in each step's softmax instead of sampling (small catalogs).
@@ -194,6 +200,33 @@ def save_checkpoint(run: Run) -> None:
 # --------------------------------------------------------------------------- epochs
 
 
+def decide_context(mode: str, half_life: float, history_len: int) -> str:
+    """What ``mode`` trains on after its first epoch, given the user tower's half-life then
+    (pure). ``auto``: the order-free bag when the half-life is at least the history length
+    (the newest of ``history_len`` items weighs at most twice the oldest: the order of a
+    user's items carries little the model uses, and the bag shows each example the user's
+    other items, as scoring shows the whole history), else the preceding history."""
+    if mode != AUTO:
+        return mode
+    return BAG if half_life >= history_len else PRECEDING
+
+
+def context_for_epoch(mode: str, epoch: int, decided: str | None) -> str:
+    """The context an epoch trains on (pure): ``mode`` when it is ``preceding`` or ``bag``;
+    for ``auto``, the preceding history in a phase's first epoch and until a decision
+    (:func:`decide_context`) was made, then the decision."""
+    if mode != AUTO:
+        return mode
+    return decided if epoch > 1 and decided is not None else PRECEDING
+
+
+def _settle_context(run: Run) -> None:
+    """After a run's first epoch: decide and record (checkpointed) what later epochs use."""
+    if run.state.get("context") is None:
+        half_life = float(run.model.half_life())
+        run.state["context"] = decide_context(run.spec.context, half_life, run.spec.history_len)
+
+
 def phase_inputs(run: Run, phase: str) -> PhaseInputs:
     """The inputs of ``phase``'s epochs. Only items with training interactions are
     candidates: an item never seen as a positive would otherwise be taught to score low,
@@ -211,9 +244,11 @@ def phase_inputs(run: Run, phase: str) -> PhaseInputs:
     )
 
 
-def epoch_batches(run: Run, phase: str, epoch: int) -> tuple[int, Iterator[Batch]]:
+def epoch_batches(
+    run: Run, phase: str, epoch: int, context: str = PRECEDING
+) -> tuple[int, Iterator[Batch]]:
     """The number of steps every rank takes this epoch (the longest shard's batches) and this
-    rank's batches."""
+    rank's batches (with the ``context``'s column only)."""
     spec, comm = run.spec, run.comm
     url = dataset_url(os.path.join(spec.data_dir, "train" if phase == PHASE_VALIDATE else "all"))
     rows = shard_rows(url, comm.rank, comm.size, "example_id")
@@ -222,7 +257,7 @@ def epoch_batches(run: Run, phase: str, epoch: int) -> tuple[int, Iterator[Batch
         url,
         comm.rank,
         comm.size,
-        TRAIN_FIELDS,
+        (*TRAIN_FIELDS, CONTEXT_COLUMN[context]),
         spec.batch_size,
         spec.seed,
         epoch,
@@ -233,10 +268,13 @@ def epoch_batches(run: Run, phase: str, epoch: int) -> tuple[int, Iterator[Batch
     return steps, batches
 
 
-def train_step(run: Run, inputs: PhaseInputs, batch: Batch) -> tuple[float, float]:
-    """One optimizer step on ``batch``; its loss times its weight, and its weight."""
+def train_step(
+    run: Run, inputs: PhaseInputs, batch: Batch, context: str = PRECEDING
+) -> tuple[float, float]:
+    """One optimizer step on ``batch``, its users seen through ``context``; its loss times its
+    weight, and its weight."""
     spec, device = run.spec, run.device
-    hist = torch.from_numpy(batch["history"].astype(np.int64)).to(device)
+    hist = torch.from_numpy(batch[CONTEXT_COLUMN[context]].astype(np.int64)).to(device)
     target = torch.from_numpy(batch["target"].astype(np.int64)).to(device)
     weight = torch.from_numpy(batch["weight"].astype(np.float32)).to(device)
     pool = inputs.pool
@@ -271,12 +309,13 @@ def _count_rows(run: Run, rows: list[int], example_ids: np.ndarray) -> None:
     rows[1] = (rows[1] + int(np.sum(example_ids.astype(np.uint64), dtype=np.uint64))) % 2**64
 
 
-def run_epoch(run: Run, inputs: PhaseInputs, epoch: int) -> float:
-    """Train one epoch of ``inputs.phase``; the weighted mean training loss over all ranks.
+def run_epoch(run: Run, inputs: PhaseInputs, epoch: int, context: str) -> float:
+    """Train one epoch of ``inputs.phase`` on ``context``; the weighted mean training loss
+    over all ranks.
 
     Every rank takes the same number of steps; a rank whose shard is exhausted steps on a
     batch of weight 0."""
-    steps, batches = epoch_batches(run, inputs.phase, epoch)
+    steps, batches = epoch_batches(run, inputs.phase, epoch, context)
     # Seeded per (phase, epoch, rank): dropout and negatives replay exactly on resume.
     torch.manual_seed(_epoch_seed(run.spec.seed, inputs.phase, epoch, run.comm.rank))
     run.model.train()
@@ -286,7 +325,10 @@ def run_epoch(run: Run, inputs: PhaseInputs, epoch: int) -> float:
     for _ in range(steps):
         batch = next(batches, None)
         loss, weight = train_step(
-            run, inputs, batch if batch is not None else padding_batch(run.spec.history_len)
+            run,
+            inputs,
+            batch if batch is not None else padding_batch(run.spec.history_len),
+            context,
         )
         loss_sum, weight_sum = loss_sum + loss, weight_sum + weight
         if batch is not None:
@@ -346,10 +388,14 @@ def validation_epoch(run: Run, inputs: PhaseInputs) -> None:
     """Train and validate one epoch; record it, keep the best epoch, checkpoint."""
     state, k = run.state, run.spec.validation_k
     epoch = state["epoch"] + 1
-    loss = run_epoch(run, inputs, epoch)
+    context = context_for_epoch(run.spec.context, epoch, state.get("context"))
+    loss = run_epoch(run, inputs, epoch, context)
+    _settle_context(run)
     scores = validate(run, inputs)
     ndcg = scores[f"val_ndcg_at_{k}"]
-    state["history"].append({"phase": PHASE_VALIDATE, "epoch": epoch, "train_loss": loss, **scores})
+    state["history"].append(
+        {"phase": PHASE_VALIDATE, "epoch": epoch, "train_loss": loss, "context": context, **scores}
+    )
     state["epoch"] = epoch
     if ndcg > state["best_metric"]:
         state["best_metric"], state["best_epoch"], state["bad_epochs"] = ndcg, epoch, 0
@@ -374,8 +420,12 @@ def final_phase(run: Run) -> None:
     target_epochs = max(1, int(run.state["best_epoch"]))
     while run.state["epoch"] < target_epochs:
         epoch = run.state["epoch"] + 1
-        loss = run_epoch(run, inputs, epoch)
-        run.state["history"].append({"phase": PHASE_FINAL, "epoch": epoch, "train_loss": loss})
+        context = context_for_epoch(run.spec.context, epoch, run.state.get("context"))
+        loss = run_epoch(run, inputs, epoch, context)
+        _settle_context(run)
+        run.state["history"].append(
+            {"phase": PHASE_FINAL, "epoch": epoch, "train_loss": loss, "context": context}
+        )
         run.state["epoch"] = epoch
         save_checkpoint(run)
 
@@ -395,6 +445,7 @@ def finish(run: Run) -> dict[str, Any]:
             "num_proc": run.comm.size,
             "digest": digest,
             "cold_items": cold_choice(state["history"], state["best_epoch"], spec.validation_k),
+            "context": {"mode": spec.context, "after_first_epoch": state.get("context")},
             **spec.extra_meta,
         }
         write_model(spec.model_dir, run.model.state_dict(), meta)

@@ -194,6 +194,7 @@ def padding_batch(history_len: int) -> Batch:
         "example_id": np.array([-1], dtype=np.int64),
         "target": np.array([0], dtype=np.int32),
         "history": hist,
+        "context": hist.copy(),
         "weight": np.array([0.0], dtype=np.float32),
     }
 

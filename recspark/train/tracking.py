@@ -21,9 +21,10 @@ def log_training(
 ) -> str:
     """Record one finished training run; returns the MLflow run id.
 
-    Per-epoch metrics are logged with ``step`` = epoch and the phase in the key
-    (``validate/train_loss``, ``validate/val_ndcg_at_10``, ``final/train_loss``). The run is
-    tagged ``model_version`` (the version the recommend stage reports) plus ``tags``.
+    Per-epoch metrics (the numbers of each ``history`` row) are logged with ``step`` = epoch
+    and the phase in the key (``validate/train_loss``, ``validate/val_ndcg_at_10``,
+    ``final/train_loss``). The run is tagged ``model_version`` (the version the recommend
+    stage reports) plus ``tags``.
 
     Raises:
         DependencyError: the store failed (one line naming it).
@@ -41,7 +42,7 @@ def log_training(
             Metric(f"{row['phase']}/{key}", float(value), now, int(row["epoch"]))
             for row in history
             for key, value in row.items()
-            if key not in ("phase", "epoch")
+            if key not in ("phase", "epoch") and isinstance(value, int | float)
         ]
         metrics += [Metric(k, float(v), now, 0) for k, v in final_metrics.items()]
         ps = [Param(k, str(v)[:500]) for k, v in sorted(params.items())]

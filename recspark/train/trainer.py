@@ -147,7 +147,7 @@ def build_data(
     text_dim = _text_dim(item_embeddings)
     index, cats, ex = _write_examples(spark, cfg, events, items, item_embeddings, data_dir)
     rows = _example_counts(ex)
-    _write_example_sets(ex, rows, cfg.train.data_files, data_dir)
+    _write_example_sets(ex, rows, cfg.train, cfg.seed, data_dir)
     _write_item_tables(spark, index, cats, ex, text_dim, data_dir)
     info = {
         "text_dim": text_dim,
@@ -213,19 +213,22 @@ def _example_counts(ex: DataFrame) -> dict[str, int]:
 
 
 def _write_example_sets(
-    ex: DataFrame, rows: dict[str, int], data_files: int, data_dir: str
+    ex: DataFrame, rows: dict[str, int], tc: TrainConfig, seed: int, data_dir: str
 ) -> None:
-    """Write ``train``, ``valid`` and ``all`` for Petastorm: ``data_files`` files of near-equal
-    size, one row group each, dealt out to the workers."""
+    """Write ``train``, ``valid`` and ``all`` for Petastorm: ``tc.data_files`` files of
+    near-equal size, one row group each, dealt out to the workers. The two training sets carry
+    their order-free contexts, each drawn from its own examples (no validation-period item in
+    a ``train`` context)."""
     fields = [ds.EXAMPLE_ID, ds.TARGET, ds.HISTORY, ds.WEIGHT]
+    train = ex.where(~F.col(ds.IS_VALID))
     sets = (
-        ("train", ex.where(~F.col(ds.IS_VALID))),
-        ("valid", ex.where(F.col(ds.IS_VALID))),
-        ("all", ex),
+        ("train", ds.bag_contexts(train, tc.history_len, seed=seed), [*fields, ds.CONTEXT]),
+        ("valid", ex.where(F.col(ds.IS_VALID)), fields),
+        ("all", ds.bag_contexts(ex, tc.history_len, seed=seed), [*fields, ds.CONTEXT]),
     )
-    for name, part in sets:
-        partitions, per_file = plan_files(rows[name], data_files)
-        part.select(*fields).repartition(partitions).write.mode("overwrite").option(
+    for name, part, columns in sets:
+        partitions, per_file = plan_files(rows[name], tc.data_files)
+        part.select(*columns).repartition(partitions).write.mode("overwrite").option(
             "maxRecordsPerFile", per_file
         ).parquet(f"{data_dir}/{name}")
 
@@ -325,6 +328,7 @@ def train_spec(
         history_len=tc.history_len,
         weight_decay=tc.weight_decay,
         recency_learning_rate=tc.recency_learning_rate,
+        context=tc.context,
         validation_k=tc.validation_k,
         negatives=negatives,
         full_softmax=n_items <= tc.full_softmax_max_items,
@@ -370,6 +374,8 @@ def training_metrics(
         "samples_per_sec": float(sum(s["samples_per_sec"] for s in summaries))
         * (num_proc / len(summaries)),
         "recency_half_life": float(meta["shape"]["recency_half_life"]),
+        # 1 when the final model trained (after its first epoch) on order-free contexts.
+        "bag_context": float((meta.get("context") or {}).get("after_first_epoch") == "bag"),
     }
     if best:
         metrics[f"val_ndcg_at_{k}"] = float(best[0][f"val_ndcg_at_{k}"])
