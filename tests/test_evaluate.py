@@ -16,7 +16,7 @@ from pyspark.sql.types import IntegerType, StringType, StructField, StructType
 from recspark import tables
 from recspark.config import Config
 from recspark.evaluate import job
-from recspark.evaluate.baselines import als_grid, popularity_recs
+from recspark.evaluate.baselines import AlsParams, als_grid, als_next, popularity_recs
 from recspark.evaluate.config import EvaluateConfig
 from recspark.evaluate.metrics import ranking_metrics
 from recspark.evaluate.split import chronological_holdout, holdout_count, train_events
@@ -157,6 +157,52 @@ def test_report_helpers(tmp_path: Path) -> None:
     assert report_folder(locations("file:/tmp/wh", None), "r") == "file:/tmp/wh/reports/r"
     assert report_folder(locations("c.s", "/Volumes/c/s/v"), "r") == "/Volumes/c/s/v/reports/r"
     assert [(p.rank, p.reg) for p in als_grid((4, 8), (0.1,), 5, 1.0, 1)] == [(4, 0.1), (8, 0.1)]
+
+
+def test_als_search_steps_beyond_the_edge_its_best_point_is_on() -> None:
+    assert als_next({}, max_rank=256) is None
+    # best at the largest rank and reg tried: the rank doubles first
+    scores = {(32, 0.1, 1.0): 0.10, (64, 0.1, 1.0): 0.20, (64, 0.3, 1.0): 0.25}
+    assert als_next(scores, max_rank=256) == (128, 0.3, 1.0)
+    # the doubled rank did worse: the reg beyond the largest one tried at rank 64
+    scores[(128, 0.3, 1.0)] = 0.2
+    assert als_next(scores, max_rank=256) == (64, 0.9, 1.0)
+    # that did worse too (0.1 below is tried): alpha, down then up
+    scores[(64, 0.9, 1.0)] = 0.2
+    assert als_next(scores, max_rank=256) == (64, 0.3, 0.1)
+    scores[(64, 0.3, 0.1)] = 0.2
+    assert als_next(scores, max_rank=256) == (64, 0.3, 10.0)
+    # best at the smallest reg of its rank, and the rank capped: reg / 3
+    low = {(64, 0.1, 1.0): 0.3, (64, 0.3, 1.0): 0.2, (32, 0.1, 1.0): 0.1}
+    assert als_next(low, max_rank=64) == (64, 0.0333333, 1.0)
+    # inside what was tried on every side: done
+    inside = {
+        (32, 0.1, 1.0): 0.1,
+        (32, 0.3, 1.0): 0.2,
+        (32, 0.9, 1.0): 0.15,
+        (64, 0.3, 1.0): 0.18,
+        (32, 0.3, 0.1): 0.1,
+        (32, 0.3, 10.0): 0.1,
+    }
+    assert als_next(inside, max_rank=256) is None
+    # ties go to the smaller rank, then the smaller reg
+    tie = {(64, 0.3, 1.0): 0.2, (32, 0.3, 1.0): 0.2, (32, 0.1, 1.0): 0.1}
+    assert als_next(tie, max_rank=32) == (32, 0.9, 1.0)
+
+
+def test_select_als_extends_the_grid_and_returns_the_best_point(spark: SparkSession) -> None:
+    train = _synthetic_interactions(spark)
+    items = train.select("item_id", F.col("item_id").alias("title"), F.lit("c").alias("category"))
+    items = items.distinct()
+    grid = [AlsParams(2, 0.1, max_iter=3, seed=1), AlsParams(2, 0.3, max_iter=3, seed=1)]
+    params = job.eval_score_params(RecommendConfig(k=5), k=5, exclude_seen=True, cold_items=False)
+    kw = dict(fraction=0.25, min_train=1, params=params, run_id="r")
+    catalog = items.select("item_id")
+    best, scores = job.select_als(train, items, catalog, grid, extend=1, max_rank=4, **kw)
+    assert len(scores) == 3  # the grid and one step beyond its edge
+    assert {"rank=2,reg=0.1,alpha=1.0", "rank=2,reg=0.3,alpha=1.0"} <= scores.keys()
+    assert scores[f"rank={best.rank},reg={best.reg},alpha={best.alpha}"] == max(scores.values())
+    assert (best.max_iter, best.seed) == (3, 1)
 
 
 def _synthetic_interactions(spark: SparkSession) -> DataFrame:

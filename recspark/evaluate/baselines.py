@@ -3,6 +3,7 @@ content only (the user's mean text embedding against the items' text embeddings)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pyspark.ml.feature import IndexToString, StringIndexer, StringIndexerModel
@@ -34,6 +35,42 @@ def als_grid(
 ) -> list[AlsParams]:
     """Every (rank, reg) pair, in config order (pure)."""
     return [AlsParams(r, g, max_iter, alpha, seed) for r in ranks for g in regs]
+
+
+AlsPoint = tuple[int, float, float]  # rank, reg, alpha
+
+
+def als_next(scores: Mapping[AlsPoint, float], *, max_rank: int) -> AlsPoint | None:
+    """The next (rank, reg, alpha) to try after the scored ones, or None (pure).
+
+    From the best point (ties: the smaller rank, then the smaller reg and alpha), step beyond
+    each edge of the tried points it lies on, in this order: double the rank when it is the
+    largest rank tried (up to ``max_rank``); reg times 3 when it is the largest reg tried with
+    that rank and alpha, divided by 3 when the smallest; alpha divided by 10 when it is the
+    smallest alpha tried with that rank and reg, times 10 when the largest. The first such
+    point not yet tried; None when the best point is inside what was tried.
+    """
+    if not scores:
+        return None
+    rank, reg, alpha = max(scores, key=lambda p: (scores[p], -p[0], -p[1], -p[2]))
+    regs = [g for r, g, a in scores if (r, a) == (rank, alpha)]
+    alphas = [a for r, g, a in scores if (r, g) == (rank, reg)]
+    steps: list[AlsPoint] = []
+    if rank == max(p[0] for p in scores) and rank * 2 <= max_rank:
+        steps.append((rank * 2, reg, alpha))
+    if reg == max(regs):
+        steps.append((rank, _round(reg * 3), alpha))
+    if reg == min(regs):
+        steps.append((rank, _round(reg / 3), alpha))
+    if alpha == min(alphas):
+        steps.append((rank, reg, _round(alpha / 10)))
+    if alpha == max(alphas):
+        steps.append((rank, reg, _round(alpha * 10)))
+    return next((p for p in steps if p not in scores), None)
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.6g}")
 
 
 def popularity_recs(

@@ -21,8 +21,15 @@ class EvaluateConfig:
     # Score on a validation split carved from the training part (the same rule applied to
     # it) instead of the test split: for choosing settings without looking at the test set.
     validation_only: bool = False
-    als_ranks: tuple[int, ...] = field(default_factory=lambda: (16, 32))
-    als_reg: tuple[float, ...] = field(default_factory=lambda: (0.01, 0.1))
+    # ALS's grid (ranks x reg, with als_alpha), searched on a validation split of the
+    # training part. While the best point lies on an edge of what was tried, up to als_extend
+    # more points are tried beyond it (rank doubled up to als_max_rank, reg times or divided
+    # by 3, alpha divided or times 10; see baselines.als_next), so that the baseline is tuned,
+    # not stopped at the grid's edge. A one-point grid is used as given.
+    als_ranks: tuple[int, ...] = field(default_factory=lambda: (32, 64))
+    als_reg: tuple[float, ...] = field(default_factory=lambda: (0.1, 0.3))
+    als_extend: int = 4
+    als_max_rank: int = 256
     als_max_iter: int = 10
     als_alpha: float = 1.0
     # Write report.md and metrics.png under <files>/reports/<run_id>/.
@@ -40,3 +47,8 @@ class EvaluateConfig:
             raise ValueError(f"models must be among {list(MODELS)}, found {list(self.models)}")
         if not self.als_ranks or not self.als_reg:
             raise ValueError("als_ranks and als_reg must not be empty")
+        if self.als_extend < 0 or self.als_max_rank < 1:
+            raise ValueError(
+                f"als_extend must be >= 0 and als_max_rank >= 1, found {self.als_extend} and "
+                f"{self.als_max_rank}"
+            )

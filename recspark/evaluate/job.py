@@ -10,7 +10,7 @@ the training split only); writes one row per (model, metric, k) of the run into
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,8 +22,10 @@ from recspark.config import Config, to_dict
 from recspark.errors import StageNotReadyError
 from recspark.evaluate.baselines import (
     AlsParams,
+    AlsPoint,
     als_factors,
     als_grid,
+    als_next,
     content_vectors,
     popularity_recs,
 )
@@ -121,9 +123,12 @@ def select_als(
     min_train: int,
     params: ScoreParams,
     run_id: str,
+    extend: int = 0,
+    max_rank: int = 256,
 ) -> tuple[AlsParams, dict[str, float]]:
     """The grid point with the best NDCG@k (``params.k``) on a chronological validation split
-    of ``train``, each scored with the kernel's ``params``."""
+    of ``train``, each scored with the kernel's ``params``; then up to ``extend`` more points
+    beyond the grid's edge while the best lies on it (:func:`als_next`)."""
     k = params.k
     if len(grid) == 1:
         return grid[0], {}
@@ -132,17 +137,25 @@ def select_als(
         fit_part = split.where(F.col(SPLIT) == TRAIN).drop(SPLIT)
         valid = split.where(F.col(SPLIT) == TEST).drop(SPLIT)
         users = valid.select(USER_ID).distinct()
-        scores: dict[str, float] = {}
-        best: tuple[float, int] | None = None
-        for i, p in enumerate(grid):
+        tried: dict[AlsPoint, float] = {}
+
+        def score(p: AlsParams) -> None:
             uv, iv = als_factors(fit_part, p)
             recs = kernel_recs(uv, iv, fit_part, items, users, params, "als", run_id)
-            score = _ndcg(recs, valid, catalog, k)
-            scores[f"rank={p.rank},reg={p.reg}"] = score
-            _log(f"ALS rank={p.rank} reg={p.reg}: validation ndcg@{k}={score:.4f}")
-            if best is None or score > best[0]:
-                best = (score, i)
-        return grid[best[1] if best else 0], scores
+            value = _ndcg(recs, valid, catalog, k)
+            tried[(p.rank, p.reg, p.alpha)] = value
+            _log(f"ALS rank={p.rank} reg={p.reg} alpha={p.alpha}: validation ndcg@{k}={value:.4f}")
+
+        for p in grid:
+            score(p)
+        for _ in range(extend):
+            nxt = als_next(tried, max_rank=max_rank)
+            if nxt is None:
+                break
+            score(replace(grid[0], rank=nxt[0], reg=nxt[1], alpha=nxt[2]))
+        rank, reg, alpha = max(tried, key=lambda p: (tried[p], -p[0], -p[1], -p[2]))
+        scores = {f"rank={r},reg={g},alpha={a}": v for (r, g, a), v in tried.items()}
+        return replace(grid[0], rank=rank, reg=reg, alpha=alpha), scores
     finally:
         split.unpersist()
 
@@ -269,10 +282,15 @@ def _als(r: _Run) -> tuple[DataFrame, str, str | None]:
         min_train=ec.min_train,
         params=r.params(cold_items=False, exclude_seen=True),
         run_id=r.run_id,
+        extend=ec.als_extend,
+        max_rank=ec.als_max_rank,
     )
     uv, iv = als_factors(r.cut.train, best)
-    version = f"als-rank{best.rank}-reg{best.reg}"
-    note = f"ALS: rank={best.rank}, reg={best.reg} (best validation NDCG@{max(ec.ks)})"
+    version = f"als-rank{best.rank}-reg{best.reg}-alpha{best.alpha}"
+    note = (
+        f"ALS: rank={best.rank}, reg={best.reg}, alpha={best.alpha} "
+        f"(best validation NDCG@{max(ec.ks)})"
+    )
     return r.baseline_recs(uv, iv, version), version, note
 
 

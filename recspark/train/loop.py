@@ -384,6 +384,15 @@ def cold_choice(history: list[dict[str, Any]], best_epoch: int, k: int) -> dict[
     }
 
 
+def _epoch_record(run: Run, loss: float, context: str) -> dict[str, Any]:
+    """What an epoch's history row says of its training: loss, context, half-life after it."""
+    return {
+        "train_loss": loss,
+        "context": context,
+        "recency_half_life": float(run.model.half_life()),
+    }
+
+
 def validation_epoch(run: Run, inputs: PhaseInputs) -> None:
     """Train and validate one epoch; record it, keep the best epoch, checkpoint."""
     state, k = run.state, run.spec.validation_k
@@ -394,7 +403,7 @@ def validation_epoch(run: Run, inputs: PhaseInputs) -> None:
     scores = validate(run, inputs)
     ndcg = scores[f"val_ndcg_at_{k}"]
     state["history"].append(
-        {"phase": PHASE_VALIDATE, "epoch": epoch, "train_loss": loss, "context": context, **scores}
+        {"phase": PHASE_VALIDATE, "epoch": epoch, **_epoch_record(run, loss, context), **scores}
     )
     state["epoch"] = epoch
     if ndcg > state["best_metric"]:
@@ -424,7 +433,7 @@ def final_phase(run: Run) -> None:
         loss = run_epoch(run, inputs, epoch, context)
         _settle_context(run)
         run.state["history"].append(
-            {"phase": PHASE_FINAL, "epoch": epoch, "train_loss": loss, "context": context}
+            {"phase": PHASE_FINAL, "epoch": epoch, **_epoch_record(run, loss, context)}
         )
         run.state["epoch"] = epoch
         save_checkpoint(run)
