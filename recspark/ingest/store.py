@@ -137,7 +137,7 @@ def store_events(
     """
     # One pass classifies every record; what follows reads this frame, not the input (but
     # for the text of records rejected after classification's shuffle: see restore_text).
-    classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+    classified = classified.persist(StorageLevel.DISK_ONLY)  # as the batch's records (stream)
     keep.append(classified)
     counts = summarize(classified)
     reconcile("events", read, counts)
