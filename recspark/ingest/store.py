@@ -33,6 +33,11 @@ EVENT_STATS = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.EVENT_TS)
 # their text looked up with a broadcast; more, with a shuffle of the input.
 BROADCAST_TEXT_LOOKUPS = 500_000
 
+# How a batch-sized frame (a batch's records, their classification) is kept between its passes:
+# on disk, not in memory. Millions of records held in memory take what the batch's own sorts
+# and aggregations need (a 10M-record batch in a 4g local driver ran out of memory).
+BATCH_STORAGE = StorageLevel.DISK_ONLY
+
 
 def summarize(classified: DataFrame) -> dict[str, Any]:
     """Counts by status and by quarantine reason, in one pass (an action: jobs only)."""
@@ -137,7 +142,7 @@ def store_events(
     """
     # One pass classifies every record; what follows reads this frame, not the input (but
     # for the text of records rejected after classification's shuffle: see restore_text).
-    classified = classified.persist(StorageLevel.DISK_ONLY)  # as the batch's records (stream)
+    classified = classified.persist(BATCH_STORAGE)
     keep.append(classified)
     counts = summarize(classified)
     reconcile("events", read, counts)

@@ -167,9 +167,7 @@ def ingest_batch(
 ) -> dict[str, Any]:
     """Classify one batch's records against the stored context and write every table; return
     the batch's counts. Repeating it (a rerun after a kill) changes no table further."""
-    # On disk, not in memory: a batch of millions of records with their text would otherwise
-    # hold the memory its own sorts and aggregations need (10M records, 4g driver: OOM).
-    raw = raw.persist(StorageLevel.DISK_ONLY)
+    raw = raw.persist(W.BATCH_STORAGE)
     keep.append(raw)
     read = raw.count()
     if read == 0:

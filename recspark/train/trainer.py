@@ -41,7 +41,7 @@ from recspark.train.artifacts import (
 )
 from recspark.train.config import TrainConfig
 from recspark.train.launch import run_training
-from recspark.train.loop import TrainSpec
+from recspark.train.loop import BAG, TrainSpec
 from recspark.train.model import ModelShape, negatives_for
 from recspark.train.plan import DataPlan, LaunchPlan, plan_data, plan_files, plan_launch
 from recspark.train.reader import row_groups
@@ -375,7 +375,7 @@ def training_metrics(
         * (num_proc / len(summaries)),
         "recency_half_life": float(meta["shape"]["recency_half_life"]),
         # 1 when the final model trained (after its first epoch) on order-free contexts.
-        "bag_context": float((meta.get("context") or {}).get("after_first_epoch") == "bag"),
+        "bag_context": float((meta.get("context") or {}).get("after_first_epoch") == BAG),
     }
     if best:
         metrics[f"val_ndcg_at_{k}"] = float(best[0][f"val_ndcg_at_{k}"])
