@@ -137,6 +137,16 @@ def modification_times(spark: SparkSession, files: list[str]) -> dict[str, int]:
     return out
 
 
+def existing(spark: SparkSession, paths: list[str]) -> list[str]:
+    """The paths of ``paths`` that exist now (in their order)."""
+    out: list[str] = []
+    for p in paths:
+        fs, hpath = hadoop_path(spark, p)
+        if fs.exists(hpath):
+            out.append(p)
+    return out
+
+
 def read_text_lines(spark: SparkSession, path: str) -> list[str]:
     """The lines of the small text files at ``path`` (a file or a folder's files, not
     recursively; none when it does not exist), in name order."""

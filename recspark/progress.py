@@ -14,6 +14,16 @@ from pyspark.sql import SparkSession
 from recspark.log import get_logger
 
 
+@contextmanager
+def timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Add the block's wall time to ``seconds[name]`` (a job's cost by step, for its log)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = round(seconds.get(name, 0.0) + time.perf_counter() - t0, 1)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What Spark reports at one moment for the stage's jobs."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
+from pyspark.sql import Column, DataFrame, DataFrameWriter, SparkSession
 from pyspark.sql.types import StructType
 
 from recspark import schema as S
@@ -54,6 +54,9 @@ class TableSpec:
         key: the columns that identify a row (each key at most once).
         partition_by: the partition columns of the table.
         written_by: the stage that writes it, for "run that stage first" messages.
+        deletion_vectors: created with Delta's deletion vectors, for tables whose rows an
+            incremental run updates or deletes in place (a MERGE then marks the old rows in
+            their files instead of rewriting every file it touches).
     """
 
     name: str
@@ -61,6 +64,7 @@ class TableSpec:
     key: tuple[str, ...]
     written_by: str
     partition_by: tuple[str, ...] = ()
+    deletion_vectors: bool = False
 
     @property
     def uc_name(self) -> str:
@@ -71,10 +75,23 @@ class TableSpec:
 # Every table of the pipeline, in pipeline order: the one registry of names, schemas, keys
 # and writers (notebooks, tests and the fault harness read it).
 TABLES: tuple[TableSpec, ...] = (
-    TableSpec(SILVER_EVENTS, S.SILVER_EVENTS_SCHEMA, (S.EVENT_KEY,), "ingest", (S.EVENT_DATE,)),
+    TableSpec(
+        SILVER_EVENTS,
+        S.SILVER_EVENTS_SCHEMA,
+        (S.EVENT_KEY,),
+        "ingest",
+        (S.EVENT_DATE,),
+        deletion_vectors=True,
+    ),
     TableSpec(SILVER_QUARANTINE, S.QUARANTINE_SCHEMA, (S.RECORD_KEY,), "ingest"),
     TableSpec(SILVER_ITEMS, S.SILVER_ITEMS_SCHEMA, (S.ITEM_ID,), "ingest"),
-    TableSpec(SILVER_INTERACTIONS, S.INTERACTIONS_SCHEMA, (S.USER_ID, S.ITEM_ID), "ingest"),
+    TableSpec(
+        SILVER_INTERACTIONS,
+        S.INTERACTIONS_SCHEMA,
+        (S.USER_ID, S.ITEM_ID),
+        "ingest",
+        deletion_vectors=True,
+    ),
     TableSpec(SILVER_INGEST_RUNS, S.INGEST_RUNS_SCHEMA, (S.RUN_ID, "input"), "ingest"),
     TableSpec(
         SILVER_EVENT_HOURS, S.EVENT_HOURS_SCHEMA, (S.USER_ID, S.HOUR, S.SOURCE_FILE), "ingest"
@@ -250,6 +267,15 @@ def _save(writer: DataFrameWriter, table: TableRef) -> None:
         writer.save(table.location)
 
 
+def _creating(writer: DataFrameWriter, table: TableRef) -> DataFrameWriter:
+    """``writer`` with the table properties of a registered table it may create (Delta takes
+    ``delta.*`` writer options as the new table's properties)."""
+    spec = REGISTRY.get(table.name)
+    if spec is not None and spec.deletion_vectors:
+        writer = writer.option("delta.enableDeletionVectors", "true")
+    return writer
+
+
 def _partitioning(
     table: TableRef, df: DataFrame, partition_by: Sequence[str] | None
 ) -> Sequence[str]:
@@ -274,6 +300,8 @@ def overwrite(
     table = ref(warehouse, name)
     check_columns(df, table)
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if not exists(df.sparkSession, table):
+        writer = _creating(writer, table)
     if replace_where is not None:
         writer = writer.option("replaceWhere", replace_where).option("overwriteSchema", "false")
     partitions = _partitioning(table, df, partition_by)
@@ -346,6 +374,113 @@ def insert_new(
     return retrying(str(table), _uc_schema(table), attempt)
 
 
+@dataclass(frozen=True)
+class Txn:
+    """A Delta transaction identifier (``txnAppId``, ``txnVersion``): a write carrying one is
+    skipped when the table already recorded that application at this version or a later one,
+    so a batch written again (a rerun after a kill) changes nothing. Delta's idempotent writes:
+    an appending writer's options, a DML statement's session settings."""
+
+    app_id: str
+    version: int
+
+
+# The session settings that give a MERGE its transaction identifier (Delta >= 2.3).
+_TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
+
+
+def append_once(
+    spark: SparkSession,
+    df: DataFrame,
+    warehouse: Locations | str,
+    name: str,
+    txn: Txn,
+    *,
+    partition_by: Sequence[str] | None = None,
+    stats_columns: Sequence[str] = (),
+) -> bool:
+    """Append ``df`` in one commit unless ``txn`` was written already (creating the table when
+    it does not exist); return whether this call committed.
+
+    Unlike :func:`merge_new`, this reads nothing of the table: the caller knows its rows are
+    new but for an earlier attempt of the same ``txn``. Whether this call committed is read
+    from the table's version, so no other writer may write the table meanwhile (the stream's
+    one query per checkpoint is the only writer of its tables).
+
+    Args:
+        stats_columns: as :func:`insert_new`'s, for a table created here.
+    """
+    table = ref(warehouse, name)
+    check_columns(df, table)
+    partitions = _partitioning(table, df, partition_by)
+
+    def attempt() -> bool:
+        before = version(spark, table) if exists(spark, table) else -1
+        writer = (
+            df.write.format("delta")
+            .mode("append")
+            .option("txnAppId", txn.app_id)
+            .option("txnVersion", str(txn.version))
+        )
+        if before < 0:
+            writer = _creating(writer, table)
+            if stats_columns:
+                writer = writer.option("delta.dataSkippingStatsColumns", ",".join(stats_columns))
+            if partitions:
+                writer = writer.partitionBy(*partitions)
+        _save(writer, table)
+        return version(spark, table) > before
+
+    return retrying(str(table), _uc_schema(table), attempt)
+
+
+def merge_update(
+    spark: SparkSession,
+    df: DataFrame,
+    warehouse: Locations | str,
+    name: str,
+    keys: Sequence[str],
+    update: dict[str, str],
+    txn: Txn,
+) -> None:
+    """MERGE ``df`` into the table: a matched row gets the ``update`` expressions (SQL over
+    ``t.`` and ``s.``, by column), a new key is inserted; skipped when ``txn`` was written
+    already, so a non-idempotent update (a sum) is applied once. The first write creates the
+    table from ``df``."""
+    table = ref(warehouse, name)
+    check_columns(df, table)
+    partitions = _partitioning(table, df, None)
+    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+
+    if not exists(spark, table):
+        append_once(spark, df, warehouse, name, txn, partition_by=partitions)
+        return
+
+    exprs: dict[str, str | Column] = dict(update)
+
+    def attempt() -> None:
+        merge = (
+            delta_table(spark, table)
+            .alias("t")
+            .merge(df.alias("s"), cond)
+            .whenMatchedUpdate(set=exprs)
+            .whenNotMatchedInsertAll()
+        )
+        saved = {k: spark.conf.get(k, None) for k in _TXN_CONFS}
+        spark.conf.set(_TXN_CONFS[0], txn.app_id)
+        spark.conf.set(_TXN_CONFS[1], str(txn.version))
+        try:
+            merge.execute()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    spark.conf.unset(k)
+                else:
+                    spark.conf.set(k, v)
+
+    retrying(str(table), _uc_schema(table), attempt)
+
+
 def merge_upsert(
     spark: SparkSession,
     df: DataFrame,
@@ -405,7 +540,7 @@ def _create(
     """Create ``table`` from ``df``; the rows written (``rows`` when the caller gives it: the
     table's history is then not read), or None when another writer created it first (then the
     caller MERGEs into it)."""
-    writer = df.write.format("delta").mode("errorifexists")
+    writer = _creating(df.write.format("delta").mode("errorifexists"), table)
     if stats_columns:
         writer = writer.option("delta.dataSkippingStatsColumns", ",".join(stats_columns))
     if partition_by:

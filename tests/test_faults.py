@@ -287,6 +287,35 @@ def test_merge_new_counts_its_own_commit_and_concurrent_merges_add_no_duplicates
     assert sum(counts) == 30
 
 
+def test_a_transaction_is_written_once_and_sums_are_added_once(
+    spark: SparkSession, warehouse: str
+) -> None:
+    txn = T.Txn("test-stream", 0)
+    first = spark.createDataFrame([("a", 1), ("b", 2)], _KV)
+    assert T.append_once(spark, first, warehouse, "silver/kv", txn)  # creates the table
+    assert not T.append_once(spark, first, warehouse, "silver/kv", txn)  # a rerun: skipped
+    assert T.append_once(spark, first.limit(1), warehouse, "silver/kv", T.Txn("test-stream", 1))
+    # The same version of another stream is another transaction.
+    assert T.append_once(spark, first.limit(1), warehouse, "silver/kv", T.Txn("other", 0))
+    assert sorted(FX.read_rows(spark, warehouse, "silver/kv") or [], key=str) == [
+        {"k": "a", "v": 1},
+        {"k": "a", "v": 1},
+        {"k": "a", "v": 1},
+        {"k": "b", "v": 2},
+    ]
+    # A sum applied once per transaction, whatever the number of attempts.
+    add = {"v": "t.v + s.v"}
+    batch = spark.createDataFrame([("a", 10), ("c", 5)], _KV)
+    for _ in range(2):
+        T.merge_update(spark, batch, warehouse, "silver/sums", ["k"], add, T.Txn("s", 0))
+        T.merge_update(spark, batch, warehouse, "silver/sums", ["k"], add, T.Txn("s", 1))
+    assert sorted(FX.read_rows(spark, warehouse, "silver/sums") or [], key=str) == [
+        {"k": "a", "v": 20},
+        {"k": "c", "v": 10},
+    ]
+    assert spark.conf.get("spark.databricks.delta.write.txnAppId", None) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # The real stages (slow): one tiny data set and its uninterrupted snapshots per module.
 # Only the run that is killed (and the sandboxed ones) are subprocesses; uninterrupted runs and

@@ -128,21 +128,30 @@ def test_three_batches_one_at_a_time_equal_one_full_ingest(
     full_wh, inc_wh = str(tmp_path / "full"), str(tmp_path / "inc")
     cfg = _cfg(tmp_path, inc_wh, inbox)
     runs = []
-    write = T.insert_new
+    kills = {1: ("append_once", T.SILVER_EVENTS), 2: ("merge_update", T.SILVER_INTERACTIONS)}
 
-    def killed(spark: SparkSession, df: DataFrame, wh: str, name: str, *a: Any, **k: Any) -> Any:
-        out = write(spark, df, wh, name, *a, **k)
-        if name == T.SILVER_EVENTS:
-            raise RuntimeError("killed after the events commit")
-        return out
+    def killed_after(writer: str, table: str) -> Any:
+        write = getattr(T, writer)
+
+        def killed(
+            spark: SparkSession, df: DataFrame, wh: str, name: str, *a: Any, **k: Any
+        ) -> Any:
+            out = write(spark, df, wh, name, *a, **k)
+            if name == table:
+                raise RuntimeError(f"killed after the {table} commit")
+            return out
+
+        return killed
 
     for k, (name, lines) in enumerate(zip(names, BATCHES, strict=True)):
         _write(inbox, name, lines)
-        if k == 1:
-            # Batch 2 killed right after its events were committed: the rerun ends equal.
+        if k in kills:
+            # Batch 2 killed right after its events were committed, batch 3 after its last
+            # write (the interactions' sums): each rerun ends equal, writing nothing twice.
+            writer, table = kills[k]
             with monkeypatch.context() as m:
-                m.setattr(T, "insert_new", killed)
-                with pytest.raises(RuntimeError, match="killed after the events commit"):
+                m.setattr(T, writer, killed_after(writer, table))
+                with pytest.raises(RuntimeError, match=f"killed after the {table} commit"):
                     ingest(spark, cfg)
         summary = ingest(spark, cfg)["events"]
         runs.append(summary)
@@ -159,8 +168,12 @@ def test_three_batches_one_at_a_time_equal_one_full_ingest(
     assert [r["duplicates"] for r in runs] == [0, 3, 0]  # the two re-sent ones, the repeated line
     assert runs[1]["quarantined_by_reason"] == {"bot": 4}
     assert runs[1]["requarantined"] == 3  # b's batch-1 events
-    # The rerun found batch 2's events written by the killed run.
-    assert runs[1]["inserted"] == 0 and runs[1]["already_present"] == runs[1]["accepted"]
+    # The reruns found the events and quarantined records written by the killed runs.
+    for r in runs[1:]:
+        assert r["inserted"] == 0 and r["already_present"] == r["accepted"] > 0
+    # Batch 2's run was killed before its quarantine write, batch 3's after it.
+    assert runs[1]["quarantine_inserted"] == runs[1]["quarantined"] > 0
+    assert runs[2]["quarantine_inserted"] == 0 < runs[2]["quarantined"]
     assert sum(r["accepted"] for r in runs) - runs[1]["requarantined"] == full["accepted"]
 
     for name in TABLES:
@@ -226,6 +239,30 @@ def test_a_batch_classified_with_its_context_equals_the_full_classification(
     want = both.where(F.col(S.SOURCE_FILE) == "f2").select(*cols)
     assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
     assert got.where(F.col(S.REASON) == S.Reason.BOT).count() == 4
+
+
+def test_a_stored_event_whose_file_is_gone_is_quarantined_from_its_stored_fields(
+    spark: SparkSession,
+) -> None:
+    """A new bot's stored events are moved to the quarantine with their input records; when
+    the input file was deleted since, the record is rebuilt from the stored fields, and
+    classifying it again gives the stored event back."""
+    items = spark.createDataFrame([("i1", "c"), ("i2", "c")], "item_id string, category string")
+    lines = [_line("b", "i1", "08:10", value="2.5"), _line("b", "i2", "08:20", event_id="e7")]
+    params: dict[str, Any] = {"min_ts": WINDOW[0], "max_ts": WINDOW[1], "session_gap_minutes": 30}
+    first = C.classify_events(
+        spark.createDataFrame([(r, "gone") for r in lines], RAW), items, **params
+    )
+    stored = X.to_silver_events(first.where(F.col(C.STATUS) == "accepted"), run_id="r")
+    bots = spark.createDataFrame([("b", "3 busy hours")], "user_id string, detail string")
+    got = N.rebuilt_records(N.stored_events_of(stored, bots))
+    assert got.columns == [S.RAW, S.SOURCE_FILE, S.REASON, S.DETAIL]
+    assert {(r[S.SOURCE_FILE], r[S.REASON], r[S.DETAIL]) for r in got.collect()} == {
+        ("gone", S.Reason.BOT, "3 busy hours" + N.REBUILT)
+    }
+    again = C.classify_events(got.select(S.RAW, S.SOURCE_FILE), items, **params)
+    again = X.to_silver_events(again.where(F.col(C.STATUS) == "accepted"), run_id="r")
+    assert_df_equality(again, stored, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_a_file_changed_after_it_was_read_is_reported(spark: SparkSession, tmp_path: Path) -> None:

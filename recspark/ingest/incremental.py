@@ -12,7 +12,6 @@ everything would have quarantined them. Nothing here reads, writes, counts or co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import datetime
 
 from pyspark.sql import DataFrame, Window
@@ -20,7 +19,6 @@ from pyspark.sql import functions as F
 
 from recspark import schema as S
 from recspark.ingest import classify as C
-from recspark.ingest import transforms as X
 from recspark.ingest import validate as V
 
 
@@ -185,18 +183,34 @@ def moved_to_quarantine(
     )
 
 
-def interactions_of(
-    events: DataFrame,
-    users: DataFrame,
-    *,
-    event_weights: Mapping[str, float],
-) -> DataFrame:
-    """The ``silver/interactions`` rows of ``users``, rebuilt from their stored events (no time
-    decay): what a batch MERGEs in place of those users' rows.
+# What a moved event's quarantine detail says when its input file is gone.
+REBUILT = "; input file gone: record rebuilt from silver/events"
+
+
+def rebuilt_records(moved: DataFrame) -> DataFrame:
+    """The quarantine records of stored events whose input file no longer exists (deleted
+    after it was ingested, as a retention rule does): each event's input fields, as stored,
+    written back as a JSON record; the detail says so (:data:`REBUILT`).
 
     Args:
-        events: ``silver/events`` after the batch's writes.
-        users: the users whose events the batch added (``user_id``).
+        moved: output of :func:`stored_events_of`, restricted to those events.
+
+    Returns:
+        ``raw``, ``source_file``, ``reason``, ``detail``, as :func:`moved_to_quarantine`.
     """
-    mine = events.join(users, S.USER_ID, "left_semi")
-    return X.build_interactions(mine, event_weights=event_weights, decay_half_life_days=None)
+    ts = F.date_format(F.col(S.EVENT_TS), "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX")
+    fields = [
+        F.col(S.EVENT_ID),
+        F.col(S.USER_ID),
+        F.col(S.ITEM_ID),
+        F.col(S.EVENT_TYPE),
+        ts.alias(S.EVENT_TS),
+        F.col(S.VALUE),
+        F.col(S.SESSION_ID),
+    ]
+    return moved.select(
+        F.to_json(F.struct(*fields)).alias(S.RAW),
+        S.SOURCE_FILE,
+        S.REASON,
+        F.concat(F.col(S.DETAIL), F.lit(REBUILT)).alias(S.DETAIL),
+    )

@@ -25,6 +25,7 @@ from recspark.ingest import classify as C
 from recspark.ingest import incremental as N
 from recspark.ingest import transforms as X
 from recspark.ingest.config import IngestConfig
+from recspark.progress import timed
 
 # The columns of silver/events whose file statistics serve queries (the key is a hash).
 EVENT_STATS = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.EVENT_TS)
@@ -132,6 +133,8 @@ def store_events(
     run_id: str,
     keep: list[DataFrame],
     write_tasks: int | None = None,
+    seconds: dict[str, float] | None = None,
+    txn: T.Txn | None = None,
 ) -> StoredEvents:
     """Count and reconcile ``classified`` (the classification of ``raw``, ``read`` records),
     write its hour counts (``silver/event_hours``) and insert its accepted events into
@@ -139,32 +142,58 @@ def store_events(
 
     Args:
         write_tasks: write the events with this many tasks (None: as they are partitioned).
+        seconds: where to add the wall time of each step (classify, hours, events).
+        txn: an incremental batch's transaction: its rows are new but for an earlier attempt
+            of the same batch (the context marked the stored events' duplicates, and hour rows
+            are keyed by the batch's own files), so they are appended once
+            (:func:`recspark.tables.append_once`) instead of MERGEd: no stored row is read.
     """
+    seconds = {} if seconds is None else seconds
     # One pass classifies every record; what follows reads this frame, not the input (but
     # for the text of records rejected after classification's shuffle: see restore_text).
-    classified = classified.persist(BATCH_STORAGE)
-    keep.append(classified)
-    counts = summarize(classified)
+    # Kept as a local checkpoint, not a cache: an incremental batch's classification reads the
+    # stored tables (its context), and Spark drops the cache of every plan that reads a table
+    # when the table is written, so each of this batch's writes would classify it again
+    # (30-40 s each at a 10M-event history), against the tables as they then are.
+    classified = classified.localCheckpoint(eager=False, storageLevel=BATCH_STORAGE)
+    with timed(seconds, "classify"):
+        counts = summarize(classified)
     reconcile("events", read, counts)
     # The bot rule's hour counts, which an incremental run after this one adds to.
-    T.merge_upsert(
-        spark,
-        N.hour_counts(classified),
-        cfg.warehouse,
-        T.SILVER_EVENT_HOURS,
-        keys=[S.USER_ID, S.HOUR, S.SOURCE_FILE],
-    )
+    hours = N.hour_counts(classified)
+    with timed(seconds, "hours"):
+        if txn is not None:
+            T.append_once(spark, hours, cfg.warehouse, T.SILVER_EVENT_HOURS, txn)
+        else:
+            keys = [S.USER_ID, S.HOUR, S.SOURCE_FILE]
+            T.merge_upsert(spark, hours, cfg.warehouse, T.SILVER_EVENT_HOURS, keys=keys)
     events = X.to_silver_events(classified.where(F.col(C.STATUS) == "accepted"), run_id=run_id)
-    inserted, created = T.insert_new(
-        spark,
-        events if write_tasks is None else events.coalesce(write_tasks),
-        cfg.warehouse,
-        T.SILVER_EVENTS,
-        keys=[S.EVENT_KEY],
-        partition_by=[S.EVENT_DATE],
-        rows=counts["accepted"],
-        stats_columns=EVENT_STATS,
-    )
+    if write_tasks is not None:
+        events = events.coalesce(write_tasks)
+    with timed(seconds, "events"):
+        if txn is not None:
+            created = not T.exists(spark, T.ref(cfg.warehouse, T.SILVER_EVENTS))
+            committed = T.append_once(
+                spark,
+                events,
+                cfg.warehouse,
+                T.SILVER_EVENTS,
+                txn,
+                partition_by=[S.EVENT_DATE],
+                stats_columns=EVENT_STATS,
+            )
+            inserted = counts["accepted"] if committed else 0
+        else:
+            inserted, created = T.insert_new(
+                spark,
+                events,
+                cfg.warehouse,
+                T.SILVER_EVENTS,
+                keys=[S.EVENT_KEY],
+                partition_by=[S.EVENT_DATE],
+                rows=counts["accepted"],
+                stats_columns=EVENT_STATS,
+            )
     rejected = _rejected(classified, raw, counts, run_id=run_id, keep=keep)
     return StoredEvents(classified, counts, read, inserted, created, events, rejected)
 
@@ -192,11 +221,24 @@ def _rejected(
 
 
 def insert_quarantine(
-    spark: SparkSession, cfg: Config, parts: list[tuple[dict[str, Any], DataFrame]]
+    spark: SparkSession,
+    cfg: Config,
+    parts: list[tuple[dict[str, Any], DataFrame]],
+    txn: T.Txn | None = None,
 ) -> None:
     """Insert each input's rejected records into ``silver/quarantine`` (MERGE on the record
     key); sets each summary's ``quarantine_inserted``. A table that does not exist yet is
-    created in one write from all inputs."""
+    created in one write from all inputs.
+
+    Args:
+        txn: an incremental batch's transaction (one input): its records are keyed by the
+            batch's own files, so they are appended once instead of MERGEd.
+    """
+    if txn is not None:
+        [(summary, df)] = parts
+        committed = T.append_once(spark, df, cfg.warehouse, T.SILVER_QUARANTINE, txn)
+        summary["quarantine_inserted"] = summary["quarantined"] if committed else 0
+        return
     if not T.exists(spark, T.ref(cfg.warehouse, T.SILVER_QUARANTINE)):
         union = reduce(DataFrame.unionByName, [df for _, df in parts])
         rows = sum(s["quarantined"] for s, _ in parts)

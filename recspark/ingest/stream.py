@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import reduce
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -31,13 +32,14 @@ from pyspark.sql import functions as F
 from recspark import schema as S
 from recspark import tables as T
 from recspark.config import Config
-from recspark.errors import ConcurrentWriteError, InputError
+from recspark.errors import ConcurrentWriteError, InputError, StorageError
 from recspark.ingest import classify as C
 from recspark.ingest import incremental as N
 from recspark.ingest import store as W
 from recspark.ingest import transforms as X
 from recspark.io import (
     detect_format,
+    existing,
     jsonl_records,
     list_files,
     modification_times,
@@ -45,6 +47,7 @@ from recspark.io import (
     read_text_lines,
 )
 from recspark.log import get_logger
+from recspark.progress import timed
 
 # The counts a run adds up over its batches.
 _COUNTS = (
@@ -103,6 +106,18 @@ def _quiet_query_logs(spark: SparkSession) -> Iterator[None]:
                 log4j.core.config.Configurator.setLevel(name, level)
 
 
+def stream_id(spark: SparkSession, checkpoint: str) -> str:
+    """The id Spark gave the stream when it created ``checkpoint`` (its ``metadata`` file): a
+    checkpoint deleted and begun again is another stream, whose batch numbers start again."""
+    for line in read_text_lines(spark, f"{checkpoint.rstrip('/')}/metadata"):
+        if line.startswith("{"):
+            return str(json.loads(line)["id"])
+    raise StorageError(
+        f"the stream checkpoint {checkpoint} has no metadata file with the stream's id "
+        "(expected one once the query has started)"
+    )
+
+
 def rewritten_files(spark: SparkSession, checkpoint: str, files: list[str]) -> list[str]:
     """Input files that changed after a batch read them: listed with a modification time later
     than the one the stream's source log recorded. The file source does not read them again
@@ -134,18 +149,26 @@ def _stored(spark: SparkSession, cfg: Config, name: str, files: list[str]) -> Da
 
 
 def _context(
-    spark: SparkSession, cfg: Config, raw: DataFrame, files: list[str]
+    spark: SparkSession, cfg: Config, raw: DataFrame, files: list[str], keep: list[DataFrame]
 ) -> C.Context | None:
+    """The batch's :class:`~recspark.ingest.classify.Context`. The stored rows of the batch's
+    users are read once, kept on disk, for each of its uses (the duplicate keys and the
+    sessions read the events, the hour counts the hours: else each use scans the table)."""
     events = _stored(spark, cfg, T.SILVER_EVENTS, files)
     if events is None:
         return None
     hours = _stored(spark, cfg, T.SILVER_EVENT_HOURS, files)
     if hours is None:  # a warehouse of an older version: no stored hours
         hours = spark.createDataFrame([], S.EVENT_HOURS_SCHEMA)
+    users = N.batch_users(raw).persist(W.BATCH_STORAGE)
+    mine = events.select(S.USER_ID, S.EVENT_TS, S.EVENT_KEY).join(users, S.USER_ID, "left_semi")
+    mine = mine.persist(W.BATCH_STORAGE)
+    hours = hours.join(users, S.USER_ID, "left_semi").persist(W.BATCH_STORAGE)
+    keep.extend([users, mine, hours])
     return N.context(
-        events,
+        mine,
         hours,
-        N.batch_users(raw),
+        users,
         gap_minutes=cfg.ingest.session_gap_minutes,
         events_per_hour=cfg.ingest.bot.events_per_hour,
     )
@@ -164,20 +187,28 @@ def ingest_batch(
     items: DataFrame,
     window: tuple[datetime, datetime],
     keep: list[DataFrame],
+    txn: T.Txn,
 ) -> dict[str, Any]:
     """Classify one batch's records against the stored context and write every table; return
-    the batch's counts. Repeating it (a rerun after a kill) changes no table further."""
+    the batch's counts. Repeating it (a rerun after a kill) changes no table further: its
+    appends and its interactions' sums carry ``txn`` (the stream and the batch), which Delta
+    writes once."""
+    seconds: dict[str, float] = {}
     raw = raw.persist(W.BATCH_STORAGE)
     keep.append(raw)
-    read = raw.count()
-    if read == 0:
-        return _empty_counts()
-    files = sorted(r[0] for r in raw.select(S.SOURCE_FILE).distinct().collect())
-    context = _context(spark, cfg, raw, files)
+    with timed(seconds, "read"):
+        read = raw.count()
+        if read == 0:
+            return _empty_counts()
+        files = sorted(r[0] for r in raw.select(S.SOURCE_FILE).distinct().collect())
+    context = _context(spark, cfg, raw, files, keep)
     classified = W.classify(raw, items, cfg.ingest, window, context)
-    stored = W.store_events(spark, cfg, raw, classified, read=read, run_id=run_id, keep=keep)
+    stored = W.store_events(
+        spark, cfg, raw, classified, read=read, run_id=run_id, keep=keep, seconds=seconds, txn=txn
+    )
     summary = stored.summary()
-    W.insert_quarantine(spark, cfg, [(summary, stored.rejected)])
+    with timed(seconds, "quarantine"):
+        W.insert_quarantine(spark, cfg, [(summary, stored.rejected)], txn=txn)
     bots = (
         N.new_bots(stored.classified)
         if stored.counts["quarantined_by_reason"].get(S.Reason.BOT)
@@ -185,9 +216,14 @@ def ingest_batch(
     )
     requarantined = 0
     if bots is not None:
-        requarantined = _requarantine(spark, cfg, bots, run_id=run_id, window=window, keep=keep)
+        with timed(seconds, "requarantine"):
+            requarantined = _requarantine(
+                spark, cfg, bots, files, run_id=run_id, window=window, keep=keep, seconds=seconds
+            )
     accepted = stored.classified.where(F.col(C.STATUS) == "accepted")
-    _update_interactions(spark, cfg, accepted.select(S.USER_ID).distinct(), bots)
+    with timed(seconds, "interactions"):
+        _update_interactions(spark, cfg, accepted, bots, txn)
+    get_logger("ingest").info("ingest events batch: seconds by step %s", json.dumps(seconds))
     return {**summary, "requarantined": requarantined, "files": len(files)}
 
 
@@ -195,33 +231,64 @@ def _requarantine(
     spark: SparkSession,
     cfg: Config,
     bots: DataFrame,
+    files: list[str],
     *,
     run_id: str,
     window: tuple[datetime, datetime],
     keep: list[DataFrame],
+    seconds: dict[str, float],
 ) -> int:
-    """Move the stored events of users who became bots in this batch to the quarantine (first
-    inserted there, then deleted from ``silver/events``: a rerun finds what is left to move);
-    return how many were moved."""
+    """Move the stored events of users who became bots in this batch (whose records are
+    ``files``) to the quarantine (first inserted there, then deleted from ``silver/events``: a
+    rerun finds what is left to move); return how many were moved.
+
+    ``silver/event_hours`` (small: a row per user, hour and file) says first which new bots
+    have any events of earlier files; when none has, ``silver/events`` is not read."""
+    hours = _stored(spark, cfg, T.SILVER_EVENT_HOURS, files)
+    if hours is not None:
+        bots = bots.join(hours.select(S.USER_ID).distinct(), S.USER_ID, "left_semi")
+        with timed(seconds, "bots_stored_hours"):
+            if bots.isEmpty():
+                return 0
     moved = N.stored_events_of(T.read(spark, cfg.warehouse, T.SILVER_EVENTS), bots)
     moved = moved.persist(StorageLevel.MEMORY_AND_DISK)
     keep.append(moved)
-    sources = sorted(r[0] for r in moved.select(S.SOURCE_FILE).distinct().collect())
+    with timed(seconds, "bots_stored_events"):
+        sources = sorted(r[0] for r in moved.select(S.SOURCE_FILE).distinct().collect())
     if not sources:
         return 0
-    found = N.moved_to_quarantine(
-        moved, _records(spark, sources), min_ts=window[0], max_ts=window[1]
-    )
-    T.merge_new(
-        spark,
-        X.to_quarantine(found, run_id=run_id, input_name="events"),
-        cfg.warehouse,
-        T.SILVER_QUARANTINE,
-        keys=[S.RECORD_KEY],
-    )
-    return T.delete_matching(
-        spark, moved.select(S.EVENT_KEY), cfg.warehouse, T.SILVER_EVENTS, [S.EVENT_KEY]
-    )
+    there = existing(spark, sources)
+    parts = []
+    if there:
+        found = N.moved_to_quarantine(
+            moved.where(F.col(S.SOURCE_FILE).isin(there)),
+            _records(spark, there),
+            min_ts=window[0],
+            max_ts=window[1],
+        )
+        parts.append(found)
+    gone = [f for f in sources if f not in there]
+    if gone:
+        get_logger("ingest").warning(
+            "ingest events: %d input file(s) of new bots' stored events no longer exist (%s); "
+            "their quarantine records are rebuilt from silver/events",
+            len(gone),
+            ", ".join(gone[:3]) + (", ..." if len(gone) > 3 else ""),
+        )
+        parts.append(N.rebuilt_records(moved.where(F.col(S.SOURCE_FILE).isin(gone))))
+    found = reduce(DataFrame.unionByName, parts)
+    with timed(seconds, "bots_quarantined"):
+        T.merge_new(
+            spark,
+            X.to_quarantine(found, run_id=run_id, input_name="events"),
+            cfg.warehouse,
+            T.SILVER_QUARANTINE,
+            keys=[S.RECORD_KEY],
+        )
+    with timed(seconds, "bots_deleted"):
+        return T.delete_matching(
+            spark, moved.select(S.EVENT_KEY), cfg.warehouse, T.SILVER_EVENTS, [S.EVENT_KEY]
+        )
 
 
 def _records(spark: SparkSession, files: list[str]) -> DataFrame:
@@ -230,16 +297,16 @@ def _records(spark: SparkSession, files: list[str]) -> DataFrame:
 
 
 def _update_interactions(
-    spark: SparkSession, cfg: Config, users: DataFrame, bots: DataFrame | None
+    spark: SparkSession, cfg: Config, accepted: DataFrame, bots: DataFrame | None, txn: T.Txn
 ) -> None:
-    """MERGE the rebuilt rows of the batch's users into ``silver/interactions`` and delete the
-    rows of new bots; with time decay on, rebuild the whole table (every weight depends on the
-    newest event)."""
+    """Add the batch's accepted events to ``silver/interactions`` (a MERGE of their per-(user,
+    item) sums, :func:`~recspark.ingest.transforms.interaction_sums`, written once per
+    ``txn``) and delete the rows of new bots; with time decay on, rebuild the whole table
+    (every weight depends on the newest event)."""
     ic = cfg.ingest
-    events = T.read(spark, cfg.warehouse, T.SILVER_EVENTS)
     if ic.decay_half_life_days is not None:
         all_rows = X.build_interactions(
-            events,
+            T.read(spark, cfg.warehouse, T.SILVER_EVENTS),
             event_weights=ic.event_weights,
             decay_half_life_days=ic.decay_half_life_days,
         )
@@ -249,8 +316,16 @@ def _update_interactions(
         T.delete_matching(
             spark, bots.select(S.USER_ID), cfg.warehouse, T.SILVER_INTERACTIONS, [S.USER_ID]
         )
-    rows = N.interactions_of(events, users, event_weights=ic.event_weights)
-    T.merge_upsert(spark, rows, cfg.warehouse, T.SILVER_INTERACTIONS, keys=[S.USER_ID, S.ITEM_ID])
+    rows = X.build_interactions(accepted, event_weights=ic.event_weights)
+    T.merge_update(
+        spark,
+        rows,
+        cfg.warehouse,
+        T.SILVER_INTERACTIONS,
+        keys=[S.USER_ID, S.ITEM_ID],
+        update=X.interaction_sums(),
+        txn=txn,
+    )
 
 
 def _rewritten(spark: SparkSession, cfg: Config, checkpoint: str) -> list[str]:
@@ -328,6 +403,7 @@ def run_events(
     batches = 0
     failures: list[BaseException] = []
     aqe = spark.conf.get(_AQE, "true")
+    app_id: list[str] = []  # the stream's, read from its checkpoint once the query has begun
 
     def each(batch: DataFrame, batch_id: int) -> None:
         nonlocal batches
@@ -336,8 +412,17 @@ def run_events(
         # setting back: AQE coalesces its shuffles and broadcasts its small joins at run time.
         batch.sparkSession.conf.set(_AQE, aqe or "true")
         try:
+            if not app_id:
+                app_id.append(f"recspark-ingest-{stream_id(spark, checkpoint)}")
             counts = ingest_batch(
-                spark, cfg, batch, run_id=run_id, items=items, window=window, keep=keep
+                spark,
+                cfg,
+                batch,
+                run_id=run_id,
+                items=items,
+                window=window,
+                keep=keep,
+                txn=T.Txn(app_id[0], batch_id),
             )
         except BaseException as e:  # kept: the query reports it wrapped in its own error
             failures.append(e)

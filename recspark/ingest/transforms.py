@@ -135,3 +135,21 @@ def build_interactions(
         F.min(S.EVENT_TS).alias(S.FIRST_TS),
         F.max(S.EVENT_TS).alias(S.LAST_TS),
     )
+
+
+def interaction_sums(*, target: str = "t", source: str = "s") -> dict[str, str]:
+    """How a batch's :func:`build_interactions` rows (no time decay) add to the stored rows of
+    the same (user, item), as MERGE update expressions by column: ``weight`` and ``count`` sum,
+    ``first_ts`` is the earlier and ``last_ts`` the later. Added batch by batch, the rows equal
+    :func:`build_interactions` of all the events at once.
+
+    Args:
+        target: the stored table's alias in the MERGE; source: the batch rows' alias.
+    """
+    t, s = target, source
+    return {
+        S.WEIGHT: f"{t}.`{S.WEIGHT}` + {s}.`{S.WEIGHT}`",
+        S.COUNT: f"{t}.`{S.COUNT}` + {s}.`{S.COUNT}`",
+        S.FIRST_TS: f"least({t}.`{S.FIRST_TS}`, {s}.`{S.FIRST_TS}`)",
+        S.LAST_TS: f"greatest({t}.`{S.LAST_TS}`, {s}.`{S.LAST_TS}`)",
+    }
