@@ -41,3 +41,7 @@ def test_top_n_equals_sorting_everything(spark: SparkSession) -> None:
     assert [(r["id"], r["s"], r["r"]) for r in got.orderBy("r").collect()] == [
         (i, s, rank) for rank, (i, s) in enumerate(expected, start=1)
     ]
+    # Every window keeps a partition key after optimisation (no "No Partition Defined").
+    plan = got._jdf.queryExecution().optimizedPlan().toString()
+    specs = plan.split("windowspecdefinition(")[1:]
+    assert len(specs) == 2 and all(spec.startswith(("_bucket#", "_one#")) for spec in specs), plan
