@@ -128,7 +128,10 @@ def test_three_batches_one_at_a_time_equal_one_full_ingest(
     full_wh, inc_wh = str(tmp_path / "full"), str(tmp_path / "inc")
     cfg = _cfg(tmp_path, inc_wh, inbox)
     runs = []
-    kills = {1: ("append_once", T.SILVER_EVENTS), 2: ("merge_update", T.SILVER_INTERACTIONS)}
+    kills = {
+        1: ("append_once", T.SILVER_EVENT_HOURS),
+        2: ("merge_update", T.SILVER_INTERACTIONS),
+    }
 
     def killed_after(writer: str, table: str) -> Any:
         write = getattr(T, writer)
@@ -146,8 +149,10 @@ def test_three_batches_one_at_a_time_equal_one_full_ingest(
     for k, (name, lines) in enumerate(zip(names, BATCHES, strict=True)):
         _write(inbox, name, lines)
         if k in kills:
-            # Batch 2 killed right after its events were committed, batch 3 after its last
-            # write (the interactions' sums): each rerun ends equal, writing nothing twice.
+            # Batch 2 killed after its first write (the hour counts: the rerun appends the rest,
+            # and Delta skips the hours' second append), batch 3 after its last one (the
+            # interactions' sums: the rerun finds its events stored and MERGEs): each rerun
+            # ends equal, writing nothing twice.
             writer, table = kills[k]
             with monkeypatch.context() as m:
                 m.setattr(T, writer, killed_after(writer, table))
@@ -168,11 +173,10 @@ def test_three_batches_one_at_a_time_equal_one_full_ingest(
     assert [r["duplicates"] for r in runs] == [0, 3, 0]  # the two re-sent ones, the repeated line
     assert runs[1]["quarantined_by_reason"] == {"bot": 4}
     assert runs[1]["requarantined"] == 3  # b's batch-1 events
-    # The reruns found the events and quarantined records written by the killed runs.
-    for r in runs[1:]:
-        assert r["inserted"] == 0 and r["already_present"] == r["accepted"] > 0
-    # Batch 2's run was killed before its quarantine write, batch 3's after it.
+    # Batch 2's rerun wrote its events and quarantined records; batch 3's found them written.
+    assert runs[1]["inserted"] == runs[1]["accepted"] > 0
     assert runs[1]["quarantine_inserted"] == runs[1]["quarantined"] > 0
+    assert runs[2]["inserted"] == 0 and runs[2]["already_present"] == runs[2]["accepted"] > 0
     assert runs[2]["quarantine_inserted"] == 0 < runs[2]["quarantined"]
     assert sum(r["accepted"] for r in runs) - runs[1]["requarantined"] == full["accepted"]
 
@@ -204,6 +208,37 @@ def test_three_batches_one_at_a_time_equal_one_full_ingest(
     assert (idle["read"], idle["batches"]) == (0, 0)
     assert [p.rsplit("/", 1)[-1] for p in idle["rewritten_files"]] == [names[0]]
     assert {t: _version(spark, inc_wh, t) for t in TABLES} == versions
+
+
+@pytest.mark.slow
+def test_files_ingested_in_full_then_read_by_the_stream_are_not_stored_twice(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """A backfill in ``ingest.mode: full``, then the incremental stream, which has not seen
+    those files: its batch finds their rows stored and MERGEs, adding nothing."""
+    from recspark.ingest.job import run as ingest
+
+    _write(tmp_path / "items", "items.jsonl", [json.dumps(i) for i in ITEMS])
+    inbox = tmp_path / "inbox"
+    _write(inbox, "day-1.jsonl", BATCHES[0])
+    wh, once = str(tmp_path / "wh"), str(tmp_path / "once")
+    full = ingest(spark, _cfg(tmp_path, wh, inbox, mode="full"))["events"]
+    ingest(spark, _cfg(tmp_path, once, inbox, mode="full"))
+    assert full["accepted"] > 0 and full["quarantined"] > 0
+    again = ingest(spark, _cfg(tmp_path, wh, inbox))["events"]
+    assert (again["mode"], again["read"], again["accepted"]) == (
+        "incremental",
+        full["read"],
+        full["accepted"],
+    )
+    assert again["inserted"] == 0 and again["quarantine_inserted"] == 0
+    for name in TABLES:
+        assert_df_equality(
+            _table(spark, wh, name),
+            _table(spark, once, name),
+            ignore_nullable=True,
+            ignore_row_order=True,
+        )
 
 
 def test_a_batch_classified_with_its_context_equals_the_full_classification(

@@ -12,6 +12,7 @@ everything would have quarantined them. Nothing here reads, writes, counts or co
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from pyspark.sql import DataFrame, Window
@@ -19,6 +20,7 @@ from pyspark.sql import functions as F
 
 from recspark import schema as S
 from recspark.ingest import classify as C
+from recspark.ingest import transforms as X
 from recspark.ingest import validate as V
 
 
@@ -181,6 +183,24 @@ def moved_to_quarantine(
         .where(F.col("_n") == 1)
         .select(S.RAW, S.SOURCE_FILE, S.REASON, S.DETAIL)
     )
+
+
+def interactions_of(
+    events: DataFrame,
+    users: DataFrame,
+    *,
+    event_weights: Mapping[str, float],
+) -> DataFrame:
+    """The ``silver/interactions`` rows of ``users``, rebuilt from their stored events (no time
+    decay): what a batch whose files were stored before MERGEs in place of those users' rows
+    (it cannot add sums: some of its events may be stored already).
+
+    Args:
+        events: ``silver/events`` after the batch's writes.
+        users: the users whose events the batch added (``user_id``).
+    """
+    mine = events.join(users, S.USER_ID, "left_semi")
+    return X.build_interactions(mine, event_weights=event_weights, decay_half_life_days=None)
 
 
 # What a moved event's quarantine detail says when its input file is gone.

@@ -192,7 +192,7 @@ def ingest_batch(
     """Classify one batch's records against the stored context and write every table; return
     the batch's counts. Repeating it (a rerun after a kill) changes no table further: its
     appends and its interactions' sums carry ``txn`` (the stream and the batch), which Delta
-    writes once."""
+    writes once; and once its files have stored rows (:func:`_seen_before`), it MERGEs."""
     seconds: dict[str, float] = {}
     raw = raw.persist(W.BATCH_STORAGE)
     keep.append(raw)
@@ -201,14 +201,30 @@ def ingest_batch(
         if read == 0:
             return _empty_counts()
         files = sorted(r[0] for r in raw.select(S.SOURCE_FILE).distinct().collect())
+    with timed(seconds, "seen_before"):
+        seen = _seen_before(spark, cfg, files)
+    if seen:
+        get_logger("ingest").info(
+            "ingest events: stored rows of this batch's files found (an earlier attempt of the "
+            "batch, or a full ingest of the same files): the batch writes with MERGEs"
+        )
+    append = None if seen else txn
     context = _context(spark, cfg, raw, files, keep)
     classified = W.classify(raw, items, cfg.ingest, window, context)
     stored = W.store_events(
-        spark, cfg, raw, classified, read=read, run_id=run_id, keep=keep, seconds=seconds, txn=txn
+        spark,
+        cfg,
+        raw,
+        classified,
+        read=read,
+        run_id=run_id,
+        keep=keep,
+        seconds=seconds,
+        txn=append,
     )
     summary = stored.summary()
     with timed(seconds, "quarantine"):
-        W.insert_quarantine(spark, cfg, [(summary, stored.rejected)], txn=txn)
+        W.insert_quarantine(spark, cfg, [(summary, stored.rejected)], txn=append)
     bots = (
         N.new_bots(stored.classified)
         if stored.counts["quarantined_by_reason"].get(S.Reason.BOT)
@@ -222,7 +238,7 @@ def ingest_batch(
             )
     accepted = stored.classified.where(F.col(C.STATUS) == "accepted")
     with timed(seconds, "interactions"):
-        _update_interactions(spark, cfg, accepted, bots, txn)
+        _update_interactions(spark, cfg, accepted, bots, append)
     get_logger("ingest").info("ingest events batch: seconds by step %s", json.dumps(seconds))
     return {**summary, "requarantined": requarantined, "files": len(files)}
 
@@ -297,16 +313,22 @@ def _records(spark: SparkSession, files: list[str]) -> DataFrame:
 
 
 def _update_interactions(
-    spark: SparkSession, cfg: Config, accepted: DataFrame, bots: DataFrame | None, txn: T.Txn
+    spark: SparkSession,
+    cfg: Config,
+    accepted: DataFrame,
+    bots: DataFrame | None,
+    txn: T.Txn | None,
 ) -> None:
-    """Add the batch's accepted events to ``silver/interactions`` (a MERGE of their per-(user,
-    item) sums, :func:`~recspark.ingest.transforms.interaction_sums`, written once per
-    ``txn``) and delete the rows of new bots; with time decay on, rebuild the whole table
-    (every weight depends on the newest event)."""
+    """Add the batch's accepted events to ``silver/interactions`` and delete the rows of new
+    bots. With ``txn`` (no stored row of the batch's files), the batch's per-(user, item) sums
+    are MERGEd (:func:`~recspark.ingest.transforms.interaction_sums`, written once per
+    ``txn``); without, the batch's users' rows are rebuilt from their stored events. With time
+    decay on, the whole table is rebuilt (every weight depends on the newest event)."""
     ic = cfg.ingest
+    events = T.read(spark, cfg.warehouse, T.SILVER_EVENTS)
     if ic.decay_half_life_days is not None:
         all_rows = X.build_interactions(
-            T.read(spark, cfg.warehouse, T.SILVER_EVENTS),
+            events,
             event_weights=ic.event_weights,
             decay_half_life_days=ic.decay_half_life_days,
         )
@@ -316,16 +338,30 @@ def _update_interactions(
         T.delete_matching(
             spark, bots.select(S.USER_ID), cfg.warehouse, T.SILVER_INTERACTIONS, [S.USER_ID]
         )
+    keys = [S.USER_ID, S.ITEM_ID]
+    if txn is None:
+        users = accepted.select(S.USER_ID).distinct()
+        rows = N.interactions_of(events, users, event_weights=ic.event_weights)
+        T.merge_upsert(spark, rows, cfg.warehouse, T.SILVER_INTERACTIONS, keys=keys)
+        return
     rows = X.build_interactions(accepted, event_weights=ic.event_weights)
     T.merge_update(
-        spark,
-        rows,
-        cfg.warehouse,
-        T.SILVER_INTERACTIONS,
-        keys=[S.USER_ID, S.ITEM_ID],
-        update=X.interaction_sums(),
-        txn=txn,
+        spark, rows, cfg.warehouse, T.SILVER_INTERACTIONS, keys, X.interaction_sums(), txn
     )
+
+
+def _seen_before(spark: SparkSession, cfg: Config, files: list[str]) -> bool:
+    """Whether ``silver/events`` or ``silver/quarantine`` already hold rows of ``files``: an
+    earlier attempt of this batch got as far as its events, or ``ingest.mode: full`` read the
+    same files (a backfill). The batch then MERGEs (insert-if-absent, its users' interactions
+    rebuilt) instead of appending: appends rely on its rows being new. Reads one column."""
+    for name in (T.SILVER_EVENTS, T.SILVER_QUARANTINE):
+        if not T.exists(spark, T.ref(cfg.warehouse, name)):
+            continue
+        mine = T.read(spark, cfg.warehouse, name).where(F.col(S.SOURCE_FILE).isin(files))
+        if not mine.select(S.SOURCE_FILE).isEmpty():
+            return True
+    return False
 
 
 def _rewritten(spark: SparkSession, cfg: Config, checkpoint: str) -> list[str]:
