@@ -105,6 +105,17 @@ def _table(spark: SparkSession, warehouse: str, name: str) -> DataFrame:
     return df.drop(S.RUN_ID).orderBy(*TABLES[name])
 
 
+def _assert_same_tables(spark: SparkSession, got: str, want: str) -> None:
+    """Every table of :data:`TABLES` holds the same rows in both warehouses (run ids aside)."""
+    for name in TABLES:
+        assert_df_equality(
+            _table(spark, got, name),
+            _table(spark, want, name),
+            ignore_nullable=True,
+            ignore_row_order=True,
+        )
+
+
 def _version(spark: SparkSession, warehouse: str, name: str) -> int:
     row = DeltaTable.forPath(spark, f"{warehouse}/{name}").history(1).first()
     assert row is not None
@@ -180,13 +191,7 @@ def test_three_batches_one_at_a_time_equal_one_full_ingest(
     assert runs[2]["quarantine_inserted"] == 0 < runs[2]["quarantined"]
     assert sum(r["accepted"] for r in runs) - runs[1]["requarantined"] == full["accepted"]
 
-    for name in TABLES:
-        assert_df_equality(
-            _table(spark, inc_wh, name),
-            _table(spark, full_wh, name),
-            ignore_nullable=True,
-            ignore_row_order=True,
-        )
+    _assert_same_tables(spark, inc_wh, full_wh)
     sessions = {
         r[S.EVENT_TS].strftime("%H:%M"): r[S.SESSION_ID]
         for r in spark.read.format("delta")
@@ -232,13 +237,7 @@ def test_files_ingested_in_full_then_read_by_the_stream_are_not_stored_twice(
         full["accepted"],
     )
     assert again["inserted"] == 0 and again["quarantine_inserted"] == 0
-    for name in TABLES:
-        assert_df_equality(
-            _table(spark, wh, name),
-            _table(spark, once, name),
-            ignore_nullable=True,
-            ignore_row_order=True,
-        )
+    _assert_same_tables(spark, wh, once)
 
 
 def test_a_batch_classified_with_its_context_equals_the_full_classification(
