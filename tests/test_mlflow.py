@@ -203,6 +203,37 @@ def test_scorer_user_tower_and_top_k_match_numpy() -> None:
     ]
 
 
+def test_scorer_adds_a_known_users_own_vector() -> None:
+    rng = np.random.default_rng(1)
+    base = _scorer(rng, k=5, cold_item_slots=0, item_block_size=8, group_size=4)
+    own = rng.standard_normal((2, 6)).astype(np.float32)
+    users = pd.DataFrame({USER_ID: ["ua", "ub"], VECTOR: list(own)})
+    items = pd.DataFrame(
+        {
+            ITEM_ID: list(base.index.ids),
+            VECTOR: list(base.index.vectors),
+            TITLE: ["t"] * 40,
+            CATEGORY: ["c"] * 40,
+            IS_COLD: [False] * 40,
+            POPULARITY: list(base.popularity),
+        }
+    )
+    sc = Scorer.from_frames(items, base.settings, users)
+    hist = ["i01", "i02"]
+    (plain,) = base.user_vectors([hist])
+    got = sc.user_vectors([hist, hist, hist, []], ["ub", "nobody", None, "ua"])
+    assert plain is not None
+    np.testing.assert_allclose(got[0], plain + own[1], rtol=1e-6)
+    np.testing.assert_allclose(got[1], plain, rtol=1e-6)  # unknown user: the history only
+    np.testing.assert_allclose(got[2], plain, rtol=1e-6)
+    assert got[3] is None  # no history: the most popular items, as without user vectors
+    ref = brute_force_topk((plain + own[1])[None, :], sc.index.vectors, 5, [{1, 2}])[0]
+    assert sc.top_k([hist], users=["ub"])[ITEM_IDS][0] == [sc.index.ids[i] for i, _ in ref]
+    frame = sc.own_vectors_frame()
+    assert frame is not None and list(frame[USER_ID]) == ["ua", "ub"]
+    assert base.own_vectors_frame() is None
+
+
 # ----------------------------------------------------------------------------- slow: one fit
 
 EVENTS = StructType(
@@ -263,6 +294,8 @@ def _cfg(wh: str, **sections: Any) -> Config:
         reader_pool="dummy",
         data_files=1,
         torch_threads=1,
+        # users' own vectors: the registered model must score as the gold tables do
+        user_embedding="on",
     )
     base: dict[str, Any] = {
         "warehouse": wh,
@@ -341,17 +374,25 @@ def test_pyfunc_loaded_by_alias_in_a_fresh_process_predicts_recommends_top_k(
     users = sorted(inter[USER_ID].unique())[::5]
     histories = {u: inter.loc[inter[USER_ID] == u, ITEM_ID].tolist() for u in users}
     (tmp_path / "in.json").write_text(json.dumps([histories[u] for u in users]))
+    (tmp_path / "users.json").write_text(json.dumps(users))
     code = (
         "import json, sys, mlflow, pandas as pd\n"
         "m = mlflow.pyfunc.load_model('models:/recspark@serving')\n"
         "h = json.load(open(sys.argv[1]))\n"
-        "out = m.predict(pd.DataFrame({'history': h}))\n"
+        "out = m.predict(pd.DataFrame({'history': h, 'user_id': json.load(open(sys.argv[3]))}))\n"
         "json.dump({'ids': [list(map(str, x)) for x in out['item_ids']],"
         " 'scores': [list(map(float, x)) for x in out['scores']]}, open(sys.argv[2], 'w'))\n"
     )
     env = {**os.environ, "MLFLOW_TRACKING_URI": world["store"].tracking_uri}
     proc = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "in.json"), str(tmp_path / "out.json")],
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tmp_path / "in.json"),
+            str(tmp_path / "out.json"),
+            str(tmp_path / "users.json"),
+        ],
         capture_output=True,
         text=True,
         env=env,

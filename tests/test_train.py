@@ -45,6 +45,8 @@ from recspark.train.loop import (
     context_for_epoch,
     decide_context,
     train_worker,
+    trained_user_vectors,
+    user_vectors_for,
 )
 from recspark.train.model import (
     ItemFeatures,
@@ -354,6 +356,65 @@ def test_the_training_context_is_the_history_until_the_half_life_says_order_is_w
     assert [context_for_epoch("preceding", e, "bag") for e in (1, 2)] == ["preceding"] * 2
 
 
+def test_user_vectors_are_trained_on_the_bag_under_auto() -> None:
+    assert [user_vectors_for("auto", c) for c in ("preceding", "bag")] == [False, True]
+    assert [user_vectors_for("on", c) for c in ("preceding", "bag")] == [True, True]
+    assert [user_vectors_for("off", c) for c in ("preceding", "bag")] == [False, False]
+    history = [
+        {"phase": "validate", "epoch": 2, "context": "bag"},
+        {"phase": "final", "epoch": 1, "context": "preceding"},
+    ]
+    # only the final phase's epochs count: its model is the one written
+    assert not trained_user_vectors("auto", history)
+    assert trained_user_vectors("auto", [*history, {"phase": "final", "context": "bag"}])
+    assert trained_user_vectors("on", history)
+
+
+def test_a_users_own_vector_is_added_to_the_history_mean() -> None:
+    feats, hist, target = _separable_tensors(6, 2)
+    shape = ModelShape(TEXT_DIM, N_CATS * PER_CAT, N_CATS, dim=8)
+    plain = TwoTower(shape)
+    torch.manual_seed(0)
+    with_users = TwoTower(dataclasses.replace(shape, n_users=3))
+    with_users.load_state_dict({**plain.state_dict(), "user_emb.weight": torch.zeros(4, 8)})
+    plain.eval()
+    with_users.eval()  # no id dropout: the two towers see the same items
+    users = torch.tensor([0, 2, -1, 1, 0, 2])
+    # zero at the start: the same scores and loss as a model without user vectors
+    np.testing.assert_allclose(
+        with_users.users(feats, hist, user_idx=users).detach().numpy(),
+        plain.users(feats, hist).detach().numpy(),
+    )
+    own = torch.randn(3, 8)
+    with torch.no_grad():
+        with_users.user_emb.weight[1:] = own
+    got = with_users.users(feats, hist, user_idx=users).detach().numpy()
+    ref = plain.users(feats, hist).detach().numpy()
+    ref = ref + np.stack([own[u].numpy() if u >= 0 else np.zeros(8) for u in users.tolist()])
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)  # user -1: the history only
+    np.testing.assert_allclose(with_users.user_offsets().numpy(), own.numpy())
+    assert plain.user_offsets() is None
+    # the loss trains the rows of the batch's users only
+    loss = batch_loss(with_users, feats, hist, target, torch.ones(6), user_idx=users)
+    loss.backward()
+    grad = with_users.user_emb.weight.grad.abs().sum(dim=1)
+    assert grad[0] == 0 and bool((grad[1:] > 0).all())
+
+
+def test_the_pooled_user_tower_is_the_gathered_one_with_its_gradients() -> None:
+    torch.manual_seed(0)
+    model = TwoTower(ModelShape(TEXT_DIM, 10, 2, dim=4, learn_recency=True))
+    vecs = torch.randn(10, 4, requires_grad=True)
+    pos = torch.tensor([[-1, 3, 3, 7], [2, 0, 9, 1], [-1, -1, -1, 5]])  # item 3 twice
+    pooled = model.pooled_users(vecs, pos)
+    (g_vecs, g_hl) = torch.autograd.grad(pooled.square().sum(), [vecs, model.log_half_life])
+    gathered = model.user_tower(vecs[pos.clamp_min(0)], pos >= 0)
+    (r_vecs, r_hl) = torch.autograd.grad(gathered.square().sum(), [vecs, model.log_half_life])
+    torch.testing.assert_close(pooled, gathered)
+    torch.testing.assert_close(g_vecs, r_vecs)
+    torch.testing.assert_close(g_hl, r_hl)
+
+
 def test_zero_weight_rows_give_zero_gradient() -> None:
     feats, hist, target = _separable_tensors(8, 2)
     model = TwoTower(ModelShape(TEXT_DIM, N_CATS * PER_CAT, N_CATS, dim=8))
@@ -506,6 +567,16 @@ def test_spark_user_vectors_match_the_torch_user_tower(spark: SparkSession) -> N
     hist = torch.tensor([[2, 3, 4]])
     ref = model.user_tower(torch.from_numpy(vecs)[hist], hist >= 0)[0].numpy()
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_own_vectors_are_added_to_known_users_only(spark: SparkSession) -> None:
+    schema = "user_id string, vector array<float>"
+    history = spark.createDataFrame([("a", [1.0, 2.0]), ("b", [0.5, -1.0])], schema)
+    own = spark.createDataFrame([("a", [0.25, -0.5]), ("z", [9.0, 9.0])], schema)
+    got = ds.add_own_vectors(history, own)
+    ref = np.array([1.0, 2.0], dtype=np.float32) + np.array([0.25, -0.5], dtype=np.float32)
+    expected = spark.createDataFrame([("a", [float(x) for x in ref]), ("b", [0.5, -1.0])], schema)
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
 
 
 def _write_examples(spark: SparkSession, path: str, n: int, files: int) -> None:
@@ -744,6 +815,7 @@ def test_auto_context_switches_to_the_bag_and_trains_on_it(
     ][: auto["best_epoch"]]
     meta = read_meta(str(tmp_path / "auto"))
     assert meta["context"] == {"mode": "auto", "after_first_epoch": "bag"}
+    assert not meta["user_vectors"]  # the shape has none
     steep_shape = dataclasses.replace(flat, recency_half_life=1.0)
     steep = train_worker(_spec_for(tmp_path / "steep", data_dir, shape=steep_shape, context="auto"))
     assert {h["context"] for h in steep["history"]} == {"preceding"}
@@ -752,6 +824,44 @@ def test_auto_context_switches_to_the_bag_and_trains_on_it(
     preceding = train_worker(_spec_for(tmp_path / "prec", data_dir, context="preceding"))
     assert {h["context"] for h in bag["history"]} == {"bag"}
     assert bag["digest"] != preceding["digest"]
+
+
+def test_user_vectors_are_learned_on_the_bag_and_written_per_user(
+    fitted: dict[str, Any], tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    data_dir = str(Path(fitted["model_dir"]) / "data")
+    vocab = pq.read_table(os.path.join(data_dir, "users_vocab")).to_pandas()
+    assert sorted(vocab.user_idx) == list(range(len(vocab)))
+    examples = pq.read_table(os.path.join(data_dir, "train")).to_pandas()
+    assert set(examples.user_idx) <= set(vocab.user_idx)
+    shape = ModelShape(
+        TEXT_DIM,
+        N_CATS * PER_CAT,
+        N_CATS,
+        dim=8,
+        temperature=0.1,
+        recency_half_life=50.0,
+        n_users=len(vocab),
+    )
+    spec = _spec_for(tmp_path / "users", data_dir, shape=shape, context="bag")
+    on_bag = train_worker(dataclasses.replace(spec, user_embedding="auto"))
+    meta = read_meta(str(tmp_path / "users"))
+    assert meta["user_vectors"] == trained_user_vectors("auto", on_bag["history"])
+    assert meta["user_vectors"]  # every epoch on the bag
+    state = torch.load(tmp_path / "users" / MODEL_FILE, weights_only=True)
+    written = pq.read_table(tmp_path / "users" / "user_vectors.parquet").to_pandas()
+    rows = dict(zip(vocab.user_id, vocab.user_idx, strict=True))
+    assert sorted(written.user_id) == sorted(rows)
+    for user, vec in zip(written.user_id, written.vector, strict=True):
+        np.testing.assert_array_equal(vec, state["user_emb.weight"][rows[user] + 1].numpy())
+    assert float(state["user_emb.weight"][1:].abs().sum()) > 0
+    # the same run with user vectors off: none written, and the history alone scores
+    off = dataclasses.replace(spec, model_dir=str(tmp_path / "off"), user_embedding="off")
+    train_worker(off)
+    assert not read_meta(str(tmp_path / "off"))["user_vectors"]
+    assert not (tmp_path / "off" / "user_vectors.parquet").exists()
 
 
 class _Payload:

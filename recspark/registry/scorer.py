@@ -6,7 +6,9 @@ A registered model carries two files (no warehouse needed to use it):
   tower's output; null for an item without one), ``title``, ``category``, ``is_cold`` (no
   interactions) and ``popularity`` (summed interaction weight);
 * ``settings.json``: the model version, the user tower's settings (``history_len``,
-  ``recency_half_life``, ``event_weights``) and the ``recommend`` section it was trained with.
+  ``recency_half_life``, ``event_weights``) and the ``recommend`` section it was trained with;
+* ``users.parquet``, for a model with user vectors only: ``user_id``, ``vector`` (each known
+  user's own learned vector, added to the user tower's when a history comes with its user).
 
 The user tower is the recency-weighted mean of the vectors of the user's newest
 ``history_len`` distinct items (``train.dataset.weighted_user_vectors`` in Spark); scoring is
@@ -44,6 +46,7 @@ from recspark.schema import (
 
 ITEMS_FILE = "items.parquet"
 SETTINGS_FILE = "settings.json"
+USERS_FILE = "users.parquet"
 # The pyfunc's input and output columns.
 HISTORY = "history"
 ITEM_IDS = "item_ids"
@@ -69,8 +72,14 @@ def model_settings(
     }
 
 
-def write_files(folder: str | Path, items: pd.DataFrame, settings: Mapping[str, Any]) -> None:
-    """Write ``items.parquet`` and ``settings.json`` into ``folder``."""
+def write_files(
+    folder: str | Path,
+    items: pd.DataFrame,
+    settings: Mapping[str, Any],
+    users: pd.DataFrame | None = None,
+) -> None:
+    """Write ``items.parquet`` and ``settings.json`` into ``folder``, and ``users.parquet``
+    when ``users`` (``user_id``, ``vector``) is given."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -90,10 +99,19 @@ def write_files(folder: str | Path, items: pd.DataFrame, settings: Mapping[str, 
     table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
     pq.write_table(table, out / ITEMS_FILE)
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True))
+    if users is not None:
+        users_schema = pa.schema([(USER_ID, pa.string()), (VECTOR, pa.list_(pa.float32()))])
+        frame = users[[USER_ID, VECTOR]].sort_values(USER_ID, kind="stable")
+        pq.write_table(
+            pa.Table.from_pandas(frame, schema=users_schema, preserve_index=False),
+            out / USERS_FILE,
+        )
 
 
-def read_files(items_path: str | Path, settings_path: str | Path) -> Scorer:
-    """The scorer of a model's ``items.parquet`` and ``settings.json``.
+def read_files(
+    items_path: str | Path, settings_path: str | Path, users_path: str | Path | None = None
+) -> Scorer:
+    """The scorer of a model's ``items.parquet`` and ``settings.json`` (and ``users.parquet``).
 
     Raises:
         ModelError: a file is missing or unreadable.
@@ -103,9 +121,10 @@ def read_files(items_path: str | Path, settings_path: str | Path) -> Scorer:
     try:
         items = pq.read_table(str(items_path)).to_pandas()
         settings: dict[str, Any] = json.loads(Path(settings_path).read_text())
+        users = pq.read_table(str(users_path)).to_pandas() if users_path is not None else None
     except (OSError, ValueError) as e:
         raise ModelError(f"not a recspark model ({items_path}, {settings_path}): {e}") from e
-    return Scorer.from_frames(items, settings)
+    return Scorer.from_frames(items, settings, users)
 
 
 @dataclass(frozen=True)
@@ -116,6 +135,11 @@ class Scorer:
     catalog_ids: tuple[str, ...]
     popularity: np.ndarray
     settings: dict[str, Any]
+    # The users' own vectors (a model with user vectors): row of each user id, and the rows.
+    user_rows: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    own_vectors: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros((0, 0), dtype=np.float32)
+    )
 
     @property
     def model_version(self) -> str:
@@ -124,28 +148,52 @@ class Scorer:
     @staticmethod
     def from_files(folder: str | Path) -> Scorer:
         """The scorer of a model folder (:func:`write_files`)."""
-        return read_files(Path(folder) / ITEMS_FILE, Path(folder) / SETTINGS_FILE)
+        users = Path(folder) / USERS_FILE
+        return read_files(
+            Path(folder) / ITEMS_FILE,
+            Path(folder) / SETTINGS_FILE,
+            users if users.exists() else None,
+        )
 
     @staticmethod
-    def from_frames(items: pd.DataFrame, settings: dict[str, Any]) -> Scorer:
+    def from_frames(
+        items: pd.DataFrame, settings: dict[str, Any], users: pd.DataFrame | None = None
+    ) -> Scorer:
         items = items.sort_values(ITEM_ID, kind="stable").reset_index(drop=True)
         index = ItemIndex.from_pandas(items[[ITEM_ID, VECTOR, TITLE, IS_COLD]])
+        rows: dict[str, int] = {}
+        own = np.zeros((0, 0), dtype=np.float32)
+        if users is not None and len(users):
+            rows = {str(u): i for i, u in enumerate(users[USER_ID])}
+            own = np.stack(users[VECTOR].to_numpy()).astype(np.float32)
         return Scorer(
             index=index,
             catalog_ids=tuple(str(i) for i in items[ITEM_ID]),
             popularity=items[POPULARITY].fillna(0.0).to_numpy(dtype=np.float64),
             settings=settings,
+            user_rows=rows,
+            own_vectors=own,
         )
+
+    def own_vectors_frame(self) -> pd.DataFrame | None:
+        """``user_id``, ``vector`` of the users' own vectors (None for a model without)."""
+        if not self.user_rows:
+            return None
+        ids = sorted(self.user_rows, key=self.user_rows.__getitem__)
+        return pd.DataFrame({USER_ID: ids, VECTOR: list(self.own_vectors)})
 
     def params(self, **overrides: Any) -> ScoreParams:
         """The recommend stage's kernel settings of this model, with ``overrides``."""
         rc = RecommendConfig(**{**self.settings["recommend"], "model": None})
         return score_params(rc, reasons=False, **overrides)
 
-    def user_vectors(self, histories: Sequence[Iterable[str]]) -> list[np.ndarray | None]:
+    def user_vectors(
+        self, histories: Sequence[Iterable[str]], users: Sequence[str | None] | None = None
+    ) -> list[np.ndarray | None]:
         """The user tower for each history (oldest first, newest last): the recency-weighted
         mean of the vectors of its newest ``history_len`` distinct items (an item counts at its
-        first place), or None when none of them has a vector."""
+        first place), plus the user's own vector when ``users`` names a user the model knows
+        (as in Spark); None when none of the items has a vector."""
         pos = {item: i for i, item in enumerate(self.index.ids)}
         n = int(self.settings["history_len"])
         half_life = float(self.settings["recency_half_life"])
@@ -161,6 +209,11 @@ class Scorer:
             w = np.power(0.5, np.array([a for _, a in known]) / half_life)
             vec = (w[:, None] * self.index.vectors[idx].astype(np.float64)).sum(axis=0)
             out.append((vec / w.sum()).astype(np.float32))
+        for i, user in enumerate(users or ()):
+            row = self.user_rows.get(str(user)) if user is not None else None
+            vec = out[i]
+            if row is not None and vec is not None:
+                out[i] = vec + self.own_vectors[row]
         return out
 
     def popular(
@@ -179,6 +232,7 @@ class Scorer:
         histories: Sequence[Iterable[str]],
         k: int | None = None,
         exclude_history: bool = True,
+        users: Sequence[str | None] | None = None,
     ) -> pd.DataFrame:
         """Top-K item ids and scores for each history, row for row.
 
@@ -186,13 +240,15 @@ class Scorer:
             histories: lists of item ids, oldest first, newest last.
             k: list length (default: the model's ``recommend.k``).
             exclude_history: leave out the items of the history.
+            users: the user of each history (None where unknown), for a model with users'
+                own vectors.
 
         Returns:
             ``item_ids`` (list of str) and ``scores`` (list of float), one row per history.
         """
         lists = [[str(h) for h in hist] if hist is not None else [] for hist in histories]
         params = self.params(exclude_seen=exclude_history, **({} if k is None else {"k": k}))
-        vectors = self.user_vectors(lists)
+        vectors = self.user_vectors(lists, users)
         warm = [i for i, v in enumerate(vectors) if v is not None]
         ids: list[list[str]] = [[] for _ in lists]
         scores: list[list[float]] = [[] for _ in lists]

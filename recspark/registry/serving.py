@@ -34,6 +34,10 @@ ITEM_VECTORS_SCHEMA = StructType(
     ]
 )
 
+OWN_VECTORS_SCHEMA = StructType(
+    [StructField(USER_ID, StringType(), False), StructField(VECTOR, ArrayType(FloatType()))]
+)
+
 
 def _log(msg: str) -> None:
     get_logger("mlflow").info("mlflow: %s", msg)
@@ -72,9 +76,11 @@ def publish(
         towers: the network's files, kept as artifacts.
     """
     from recspark.registry import pyfunc
-    from recspark.train.artifacts import read_meta
+    from recspark.train.artifacts import read_meta, user_vectors_path
 
     meta = read_meta(model_dir)
+    own_path = user_vectors_path(model_dir)
+    users = None if own_path is None else pd.read_parquet(own_path)
     for col in (TITLE, CATEGORY):
         if col not in items.columns:
             items = items.withColumn(col, F.lit(None).cast("string"))
@@ -91,7 +97,7 @@ def publish(
     example = [ids[:2], ids[2:3] or ids[:1]]
     work = Path(tempfile.mkdtemp(prefix="recspark-pyfunc-"))
     try:
-        write_files(work / "files", frame, settings)
+        write_files(work / "files", frame, settings, users)
         pyfunc.save(work / "model", work / "files", towers, example)
         ref = models.register(
             store(cfg.mlflow, cfg.locations()),
@@ -114,7 +120,8 @@ def registered_vectors(
     """The item and user vectors of the registered model ``recommend.model``.
 
     Item vectors come from the model's artifacts; user vectors are its user tower over
-    ``events`` (silver/events), computed in Spark exactly as train computes gold/user_vectors.
+    ``events`` (silver/events), computed in Spark exactly as train computes gold/user_vectors
+    (with the users' own vectors of a model that has them).
 
     Returns:
         (the version, item vectors, user vectors), both with ``model_version``.
@@ -145,8 +152,12 @@ def registered_vectors(
     inter = ds.interactions_from_events(events, weights)
     last = ds.last_interactions(inter, int(st["history_len"]))
     uv = ds.weighted_user_vectors(last, iv, float(st["recency_half_life"])).select(
-        F.col(USER_ID).cast("string").alias(USER_ID), VECTOR, F.lit(version).alias(MODEL_VERSION)
+        F.col(USER_ID).cast("string").alias(USER_ID), VECTOR
     )
+    own = scorer.own_vectors_frame()
+    if own is not None:
+        uv = ds.add_own_vectors(uv, spark.createDataFrame(own, OWN_VECTORS_SCHEMA))
+    uv = uv.withColumn(MODEL_VERSION, F.lit(version))
     _log(f"scoring with models:/{ref.name}/{ref.version} ({uri}, model version {version})")
     return ref, iv, uv
 

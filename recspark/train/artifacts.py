@@ -6,9 +6,11 @@ Model folder layout (``model_dir``, one per model version)::
     data/items/               item-tower inputs per item index (Parquet)
     data/items_vocab/         item_id -> item_idx, known_all (Parquet)
     data/categories/          category -> cat_idx (Parquet)
+    data/users_vocab/         user_id -> user_idx (Parquet)
     data/_READY               the data sets' sizes, written once they are all written
     checkpoints/last.pt       the last epoch's checkpoint (resume)
     model.pt, meta.json       the final model and its description
+    user_vectors.parquet      user_id -> the user's own learned vector (a model that has them)
 
 A run works in ``<model_dir>.partial`` (:func:`work_dir`) and renames it to ``model_dir``
 (:func:`publish`) once the model is trained and tracked, so that ``model_dir`` only ever holds
@@ -37,6 +39,8 @@ CHECKPOINT = "checkpoints/last.pt"
 MODEL_FILE = "model.pt"
 META_FILE = "meta.json"
 READY = "_READY"
+USERS_VOCAB = "users_vocab"  # under data/
+USER_VECTORS_FILE = "user_vectors.parquet"
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -181,6 +185,40 @@ def write_model(model_dir: str, weights: dict[str, Any], meta: dict[str, Any]) -
     out = Path(local_path(model_dir))
     save_atomic(weights, out / MODEL_FILE)
     write_meta(out, meta)
+
+
+def write_user_vectors(model_dir: str, data_dir: str, vectors: torch.Tensor) -> None:
+    """Write ``user_vectors.parquet``: ``user_id`` and ``vector`` (list<float>) of every user
+    of ``data_dir``'s ``users_vocab``, whose ``user_idx`` is the row of ``vectors``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vocab = pq.read_table(os.path.join(local_path(data_dir), USERS_VOCAB)).sort_by("user_idx")
+    rows = vectors.detach().cpu().to(torch.float32).numpy()
+    idx = vocab.column("user_idx").to_numpy()
+    if len(idx) != rows.shape[0] or (len(idx) and (idx[0] != 0 or idx[-1] != len(idx) - 1)):
+        raise ModelError(
+            f"{data_dir}: users_vocab numbers {len(idx)} users, expected 0..{rows.shape[0] - 1}"
+        )
+    flat = pa.array(rows.reshape(-1), type=pa.float32())
+    table = pa.table(
+        {
+            "user_id": vocab.column("user_id").cast(pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, rows.shape[1]).cast(
+                pa.list_(pa.float32())
+            ),
+        }
+    )
+    path = Path(local_path(model_dir)) / USER_VECTORS_FILE
+    write_atomic(path, lambda f: pq.write_table(table, f))
+
+
+def user_vectors_path(model_dir: str) -> str | None:
+    """The path of model folder ``model_dir``'s ``user_vectors.parquet``; None for a model
+    without users' own vectors (its ``meta.json`` says which)."""
+    if not read_meta(model_dir).get("user_vectors"):
+        return None
+    return os.path.join(fs_path(model_dir), USER_VECTORS_FILE)
 
 
 def write_meta(folder: Path, meta: dict[str, Any]) -> None:

@@ -33,6 +33,13 @@ class TrainConfig:
     # rest on the bag when the half-life after it is at least history_len (order says little:
     # the newest item weighs at most twice the oldest), else still on the history.
     context: Literal["auto", "preceding", "bag"] = "auto"
+    # A learned vector of each user's own, added to the user tower's (a known user's; a user
+    # the model did not train on scores from the history alone): "on", "off", or "auto": on
+    # in the epochs that train on the order-free bag (see train.context). Adam's step for it
+    # is user_learning_rate (scaled by the workers, as learning_rate). Its table has a row per
+    # user, so a step's gradient grows with the users (dense in the workers' allreduce).
+    user_embedding: Literal["auto", "on", "off"] = "auto"
+    user_learning_rate: float = 0.0003
     item_id_dropout: float = 0.3
     temperature: float = 0.05
     # The loss: a full softmax over every item when the catalog has at most
@@ -101,6 +108,8 @@ class TrainConfig:
             raise ValueError(
                 f"recency_learning_rate must be > 0, found {self.recency_learning_rate}"
             )
+        if self.user_learning_rate <= 0:
+            raise ValueError(f"user_learning_rate must be > 0, found {self.user_learning_rate}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, found {self.temperature}")
         if self.data_files < self.num_proc:

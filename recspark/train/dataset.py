@@ -33,6 +33,7 @@ from recspark.schema import (
 )
 
 ITEM_IDX = "item_idx"
+USER_IDX = "user_idx"
 CAT_IDX = "cat_idx"
 ID_IDX = "id_idx"
 EXAMPLE_ID = "example_id"
@@ -135,6 +136,16 @@ def item_index(
     )
     numbered = dense_index(ids, key=ITEM_ID, index_col=ITEM_IDX)
     return numbered.join(cats, ITEM_ID, "left").join(embs, ITEM_ID, "left")
+
+
+def user_index(examples: DataFrame) -> DataFrame:
+    """Number the users of ``examples`` (needs ``user_id``) ``0..U-1``, deterministically.
+
+    Returns:
+        ``user_id``, ``user_idx`` (int).
+    """
+    require_columns(examples.columns, [USER_ID], "examples")
+    return dense_index(examples.select(USER_ID).distinct(), key=USER_ID, index_col=USER_IDX)
 
 
 def sequence_examples(interactions: DataFrame, index: DataFrame, history_len: int) -> DataFrame:
@@ -320,3 +331,22 @@ def weighted_user_vectors(last: DataFrame, item_vectors: DataFrame, half_life: f
     )
     vec = F.transform(summed, lambda s: (s / F.col("_tw")).cast("float"))
     return grouped.select(USER_ID, vec.alias(VECTOR))
+
+
+def add_own_vectors(user_vectors: DataFrame, own: DataFrame) -> DataFrame:
+    """Each user's vector plus the user's own learned vector (a model with user vectors).
+
+    Args:
+        user_vectors: ``user_id``, ``vector`` (the user tower over the history).
+        own: ``user_id``, ``vector`` (the model's ``user_vectors.parquet``); a user without a
+            row keeps the history's vector.
+
+    Returns:
+        ``user_id``, ``vector`` (array<float>).
+    """
+    require_columns(user_vectors.columns, [USER_ID, VECTOR], "user vectors")
+    require_columns(own.columns, [USER_ID, VECTOR], "own user vectors")
+    theirs = own.select(USER_ID, F.col(VECTOR).alias("_own"))
+    summed = F.zip_with(VECTOR, "_own", lambda a, b: (a + b).cast("float"))
+    vec = F.when(F.col("_own").isNull(), F.col(VECTOR)).otherwise(summed)
+    return user_vectors.join(theirs, USER_ID, "left").select(USER_ID, vec.alias(VECTOR))

@@ -17,7 +17,13 @@ from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, Str
 from recspark.errors import ModelError, SchemaError
 from recspark.schema import CATEGORY, EMBEDDING, ITEM_ID, USER_ID
 from recspark.train import dataset as ds
-from recspark.train.artifacts import MODEL_FILE, fs_path, load_weights, read_meta
+from recspark.train.artifacts import (
+    MODEL_FILE,
+    fs_path,
+    load_weights,
+    read_meta,
+    user_vectors_path,
+)
 from recspark.train.model import ModelShape
 
 VECTORS_SCHEMA = StructType(
@@ -152,7 +158,8 @@ def user_vectors(
 
     ``events``: ``user_id``, ``item_id``, ``event_type``, ``event_ts``; ``item_vectors``: the
     output of :func:`item_vectors`. The user's newest ``history_len`` interactions are averaged
-    with the model's recency weights, exactly as in training.
+    with the model's recency weights, exactly as in training; a model with user vectors adds
+    each known user's own.
 
     Returns:
         ``user_id`` (string), ``vector`` (array<float>).
@@ -166,4 +173,8 @@ def user_vectors(
     )
     last = ds.last_interactions(inter, int(meta["history_len"]))
     out = ds.weighted_user_vectors(last, item_vectors, float(meta["shape"]["recency_half_life"]))
-    return out.select(F.col(USER_ID).cast("string").alias(USER_ID), ds.VECTOR)
+    out = out.select(F.col(USER_ID).cast("string").alias(USER_ID), ds.VECTOR)
+    own = user_vectors_path(model_dir)
+    if own is not None:
+        out = ds.add_own_vectors(out, spark.read.parquet(own))
+    return out

@@ -13,6 +13,11 @@ MovieLens, the whole history on data without order). So a new user with a histor
 vector, and the score of a (user, item) pair is the dot product of the two vectors: scoring all
 pairs is a matrix product.
 
+Optionally (``n_users > 0``) a learned per-user vector is added to the user tower's output: the
+model's one order-free description of a known user (rows ``user_idx + 1``; row 0, for users the
+model did not train on, stays zero). Zero at the start, so a model that never trains it scores
+as the history alone does.
+
 History tensors are fixed-length ``[B, L]`` item indices, right-aligned (oldest to newest, the
 newest in the last column) and left-padded with ``-1``.
 """
@@ -42,6 +47,8 @@ class ModelShape:
     temperature: float = 0.05
     # Learn the half-life (a parameter, from recency_half_life) or keep it fixed (a buffer).
     learn_recency: bool = False
+    # Users with a learned vector of their own (rows 1..n_users); 0 = none.
+    n_users: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +89,11 @@ class TwoTower(nn.Module):
             self.log_half_life = nn.Parameter(log_half_life)
         else:
             self.register_buffer("log_half_life", log_half_life)
+        self.user_emb = (
+            nn.Embedding(shape.n_users + 1, shape.dim, padding_idx=0) if shape.n_users > 0 else None
+        )
+        if self.user_emb is not None:
+            nn.init.zeros_(self.user_emb.weight)
         nn.init.normal_(self.id_emb.weight, std=0.05)
         nn.init.normal_(self.cat_emb.weight, std=0.05)
         with torch.no_grad():
@@ -112,20 +124,52 @@ class TwoTower(nn.Module):
         out = self.item_tower(feats.text[flat], feats.id_idx[flat], feats.cat_idx[flat])
         return out.reshape(*idx.shape, -1)
 
-    def user_tower(self, hist_vecs: Tensor, mask: Tensor) -> Tensor:
-        """``[B, L, dim]`` history vectors and ``[B, L]`` validity -> ``[B, dim]``."""
+    def user_tower(self, hist_vecs: Tensor, mask: Tensor, user_idx: Tensor | None = None) -> Tensor:
+        """``[B, L, dim]`` history vectors and ``[B, L]`` validity -> ``[B, dim]``; plus each
+        user's own vector when ``user_idx`` (``[B]``, -1 = unknown) is given and the model has
+        them."""
         w = recency_weights(mask, self.half_life()).to(hist_vecs.dtype)
         total = w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return (w.unsqueeze(-1) * hist_vecs).sum(dim=1) / total
+        out = (w.unsqueeze(-1) * hist_vecs).sum(dim=1) / total
+        if user_idx is not None and self.user_emb is not None:
+            out = out + self.user_emb(user_idx.clamp_min(-1) + 1).to(out.dtype)
+        return out
 
     def users(
-        self, feats: ItemFeatures, history: Tensor, item_vecs: Tensor | None = None
+        self,
+        feats: ItemFeatures,
+        history: Tensor,
+        item_vecs: Tensor | None = None,
+        user_idx: Tensor | None = None,
     ) -> Tensor:
         """User vectors from padded histories; ``item_vecs`` ([N, dim]) skips the item tower."""
         mask = history >= 0
         safe = history.clamp_min(0)
         hist = item_vecs[safe] if item_vecs is not None else self.items(feats, safe)
-        return self.user_tower(hist, mask)
+        return self.user_tower(hist, mask, user_idx)
+
+    def pooled_users(
+        self, item_vecs: Tensor, positions: Tensor, user_idx: Tensor | None = None
+    ) -> Tensor:
+        """:meth:`user_tower` over the rows ``positions`` (``[B, L]``, -1 = padding) of
+        ``item_vecs`` (``[M, dim]``), as one matrix product: the recency weights are scattered
+        into a ``[B, M]`` matrix. The same value as gathering ``[B, L, dim]`` history vectors,
+        but its backward is a product too, not a scatter-add of ``B x L`` rows (which took
+        most of a training step at history length 100)."""
+        mask = positions >= 0
+        w = recency_weights(mask, self.half_life()).to(item_vecs.dtype)
+        weights = torch.zeros(
+            (positions.shape[0], item_vecs.shape[0]), dtype=item_vecs.dtype, device=w.device
+        ).scatter_add(1, positions.clamp_min(0), w)
+        total = w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        out = (weights @ item_vecs) / total
+        if user_idx is not None and self.user_emb is not None:
+            out = out + self.user_emb(user_idx.clamp_min(-1) + 1).to(out.dtype)
+        return out
+
+    def user_offsets(self) -> Tensor | None:
+        """``[n_users, dim]``: the learned vector of user index ``0..n_users-1`` (None without)."""
+        return None if self.user_emb is None else self.user_emb.weight[1:].detach()
 
 
 def recency_weights(mask: Tensor, half_life: float | Tensor) -> Tensor:
@@ -231,8 +275,10 @@ def batch_loss(
     full_softmax: bool = False,
     candidates: Tensor | None = None,
     target_prob: Tensor | None = None,
+    user_idx: Tensor | None = None,
 ) -> Tensor:
-    """Weighted softmax loss of predicting ``target`` from ``history``.
+    """Weighted softmax loss of predicting ``target`` from ``history`` (and, with
+    ``user_idx``, the users' own vectors).
 
     Two modes:
 
@@ -256,7 +302,7 @@ def batch_loss(
     if full_softmax:
         all_idx = torch.arange(n_all, device=target.device)
         vecs = model.items(feats, all_idx)
-        users = model.user_tower(vecs[history.clamp_min(0)], mask)
+        users = model.pooled_users(vecs, history, user_idx)
         hits = _history_hits(history, all_idx, n_all)
         if candidates is not None:
             hits = hits | ~candidates.unsqueeze(0)
@@ -267,7 +313,7 @@ def batch_loss(
     n_hist = int(mask.sum())
     hist_pos = torch.full(history.shape, -1, dtype=torch.long, device=history.device)
     hist_pos[mask] = inv[:n_hist]
-    users = model.user_tower(vecs[hist_pos.clamp_min(0)], mask)
+    users = model.pooled_users(vecs, hist_pos, user_idx)
     # Candidates: distinct targets and negatives, each once (duplicates are not negatives).
     cand, label = torch.unique(inv[n_hist:], return_inverse=True)
     label = label[: target.shape[0]]
@@ -291,6 +337,7 @@ def rank_metrics(
     k: int,
     item_vecs: Tensor | None = None,
     exclude: Tensor | None = None,
+    user_idx: Tensor | None = None,
 ) -> tuple[float, float, int]:
     """Sum of NDCG@k and of recall@k of ``target`` among all items, and the example count.
 
@@ -304,7 +351,7 @@ def rank_metrics(
     try:
         if item_vecs is None:
             item_vecs = model.items(feats, torch.arange(feats.text.shape[0], device=target.device))
-        users = model.users(feats, history, item_vecs)
+        users = model.users(feats, history, item_vecs, user_idx)
         scores = users @ item_vecs.T
         mask = history >= 0
         rows = torch.arange(history.shape[0], device=history.device).unsqueeze(1).expand_as(history)
@@ -331,6 +378,7 @@ def evaluate(
     k: int,
     chunk: int = 1024,
     exclude: Tensor | None = None,
+    user_idx: Tensor | None = None,
 ) -> tuple[float, float, int]:
     """:func:`rank_metrics` over ``chunk`` examples at a time (scores stay ``chunk x N``)."""
     was_training = model.training
@@ -340,8 +388,16 @@ def evaluate(
         item_vecs = model.items(feats, all_items)
         ndcg, recall, n = 0.0, 0.0, 0
         for i in range(0, int(target.shape[0]), chunk):
+            users = None if user_idx is None else user_idx[i : i + chunk]
             part = rank_metrics(
-                model, feats, history[i : i + chunk], target[i : i + chunk], k, item_vecs, exclude
+                model,
+                feats,
+                history[i : i + chunk],
+                target[i : i + chunk],
+                k,
+                item_vecs,
+                exclude,
+                users,
             )
             ndcg, recall, n = ndcg + part[0], recall + part[1], n + part[2]
         return ndcg, recall, n

@@ -171,19 +171,26 @@ def load_target_counts(path: str, n_items: int) -> tuple[torch.Tensor, torch.Ten
     return out[0], out[1]
 
 
-def _load_examples(path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(history, target) of a whole (validation) data set, read with pyarrow."""
+def _load_examples(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(history, target, user_idx) of a whole (validation) data set, read with pyarrow
+    (``user_idx`` -1 when the data set predates it)."""
     import pyarrow.parquet as pq
 
     p = local_path(path)
+    empty = torch.zeros((0,), dtype=torch.long)
     if not Path(p).exists():
-        return torch.zeros((0, 1), dtype=torch.long), torch.zeros((0,), dtype=torch.long)
-    table = pq.read_table(p, columns=["example_id", "target", "history"]).sort_by("example_id")
+        return torch.zeros((0, 1), dtype=torch.long), empty, empty
+    table = pq.read_table(p).sort_by("example_id")
     if table.num_rows == 0:
-        return torch.zeros((0, 1), dtype=torch.long), torch.zeros((0,), dtype=torch.long)
+        return torch.zeros((0, 1), dtype=torch.long), empty, empty
     hist = np.stack(table.column("history").to_numpy(zero_copy_only=False)).astype(np.int64)
     target = table.column("target").to_numpy().astype(np.int64)
-    return torch.from_numpy(hist), torch.from_numpy(target)
+    users = (
+        table.column("user_idx").to_numpy().astype(np.int64)
+        if "user_idx" in table.column_names
+        else np.full(len(target), -1, dtype=np.int64)
+    )
+    return torch.from_numpy(hist), torch.from_numpy(target), torch.from_numpy(users)
 
 
 def padding_batch(history_len: int) -> Batch:
@@ -192,6 +199,7 @@ def padding_batch(history_len: int) -> Batch:
     hist[0, -1] = 0
     return {
         "example_id": np.array([-1], dtype=np.int64),
+        "user_idx": np.array([-1], dtype=np.int32),
         "target": np.array([0], dtype=np.int32),
         "history": hist,
         "context": hist.copy(),
@@ -211,6 +219,7 @@ class WorkerData:
     n_all: torch.Tensor
     valid_hist: torch.Tensor
     valid_target: torch.Tensor
+    valid_user: torch.Tensor
 
 
 def load_worker_data(data_dir: str, rank: int, size: int, device: torch.device) -> WorkerData:
@@ -220,7 +229,7 @@ def load_worker_data(data_dir: str, rank: int, size: int, device: torch.device) 
     feats, known_train, known_all = load_item_features(items)
     feats = feats.to(device)
     n_train, n_all = load_target_counts(items, int(feats.text.shape[0]))
-    valid_hist, valid_target = _load_examples(os.path.join(data_dir, "valid"))
+    valid_hist, valid_target, valid_user = _load_examples(os.path.join(data_dir, "valid"))
     mine = slice(rank, None, size)
     return WorkerData(
         feats=feats,
@@ -230,4 +239,5 @@ def load_worker_data(data_dir: str, rank: int, size: int, device: torch.device) 
         n_all=n_all,
         valid_hist=valid_hist[mine].to(device),
         valid_target=valid_target[mine].to(device),
+        valid_user=valid_user[mine].to(device),
     )

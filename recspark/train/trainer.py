@@ -23,10 +23,11 @@ from recspark.config import Config, to_dict
 from recspark.errors import SchemaError
 from recspark.log import get_logger
 from recspark.registry.store import TAG_RUN_ID, store
-from recspark.schema import EMBEDDING, ITEM_ID
+from recspark.schema import EMBEDDING, ITEM_ID, USER_ID
 from recspark.train import dataset as ds
 from recspark.train.artifacts import (
     READY,
+    USERS_VOCAB,
     checkpoint_path,
     fs_path,
     is_finished,
@@ -43,7 +44,14 @@ from recspark.train.config import TrainConfig
 from recspark.train.launch import run_training
 from recspark.train.loop import BAG, TrainSpec
 from recspark.train.model import ModelShape, negatives_for
-from recspark.train.plan import DataPlan, LaunchPlan, plan_data, plan_files, plan_launch
+from recspark.train.plan import (
+    DataPlan,
+    LaunchPlan,
+    plan_data,
+    plan_files,
+    plan_launch,
+    scaled_learning_rate,
+)
 from recspark.train.reader import row_groups
 from recspark.train.tracking import log_training
 
@@ -153,6 +161,7 @@ def build_data(
         "text_dim": text_dim,
         "n_items": int(index.count()),
         "n_categories": int(cats.count()),
+        "n_users": int(spark.read.parquet(f"{data_dir}/{USERS_VOCAB}").count()),
         "train_examples": rows["train"],
         "valid_examples": rows["valid"],
     }
@@ -179,8 +188,9 @@ def _write_examples(
     item_embeddings: DataFrame,
     data_dir: str,
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """Write the item index, the category vocabulary and the examples (marked as validation
-    or not); the three as read back."""
+    """Write the item index, the category vocabulary, the user index (``users_vocab``) and the
+    examples (marked as validation or not, with their ``user_idx``); index, vocabulary and
+    examples as read back."""
     inter = ds.interactions_from_events(
         events,
         cfg.ingest.event_weights,
@@ -192,10 +202,12 @@ def _write_examples(
     index = spark.read.parquet(f"{data_dir}/index")
     ds.category_vocabulary(items).write.mode("overwrite").parquet(f"{data_dir}/categories")
     cats = spark.read.parquet(f"{data_dir}/categories")
+    ds.user_index(inter).write.mode("overwrite").parquet(f"{data_dir}/{USERS_VOCAB}")
+    users = spark.read.parquet(f"{data_dir}/{USERS_VOCAB}")
     marked = ds.mark_validation(
         ds.sequence_examples(inter, index, cfg.train.history_len), cfg.train.validation_days
     )
-    marked.write.mode("overwrite").parquet(f"{data_dir}/examples")
+    marked.join(users, USER_ID).write.mode("overwrite").parquet(f"{data_dir}/examples")
     return index, cats, spark.read.parquet(f"{data_dir}/examples")
 
 
@@ -219,7 +231,7 @@ def _write_example_sets(
     near-equal size, one row group each, dealt out to the workers. The two training sets carry
     their order-free contexts, each drawn from its own examples (no validation-period item in
     a ``train`` context)."""
-    fields = [ds.EXAMPLE_ID, ds.TARGET, ds.HISTORY, ds.WEIGHT]
+    fields = [ds.EXAMPLE_ID, ds.USER_IDX, ds.TARGET, ds.HISTORY, ds.WEIGHT]
     train = ex.where(~F.col(ds.IS_VALID))
     sets = (
         ("train", ds.bag_contexts(train, tc.history_len, seed=seed), [*fields, ds.CONTEXT]),
@@ -296,6 +308,8 @@ def model_shape(tc: TrainConfig, info: dict[str, Any]) -> ModelShape:
         recency_half_life=tc.recency_half_life,
         temperature=tc.temperature,
         learn_recency=tc.learn_recency,
+        # Data written before users were numbered has no user_idx: no user vectors then.
+        n_users=int(info.get("n_users", 0)) if tc.user_embedding != "off" else 0,
     )
 
 
@@ -329,6 +343,8 @@ def train_spec(
         weight_decay=tc.weight_decay,
         recency_learning_rate=tc.recency_learning_rate,
         context=tc.context,
+        user_embedding=tc.user_embedding,
+        user_learning_rate=scaled_learning_rate(tc.user_learning_rate, plan.num_proc),
         validation_k=tc.validation_k,
         negatives=negatives,
         full_softmax=n_items <= tc.full_softmax_max_items,
