@@ -30,9 +30,20 @@ from recspark.progress import timed
 # The columns of silver/events whose file statistics serve queries (the key is a hash).
 EVENT_STATS = (S.USER_ID, S.ITEM_ID, S.EVENT_TYPE, S.EVENT_TS)
 
-# Up to this many records rejected after classification's shuffle (bots, unknown items) have
-# their text looked up with a broadcast; more, with a shuffle of the input.
-BROADCAST_TEXT_LOOKUPS = 500_000
+# A batch-side frame of up to this many rows is broadcast into its join with a bigger one
+# instead of shuffling both: the records rejected after classification's shuffle (bots,
+# unknown items) whose text is looked up in the input; an incremental batch's users, new bots
+# and interaction sums, joined with stored tables of the whole history (a shuffle of
+# silver/events' 10M rows for a batch's 1,000 users took most of a daily batch's time).
+BROADCAST_ROWS = 500_000
+
+
+def small(df: DataFrame, rows: int) -> DataFrame:
+    """``df`` with a broadcast hint when its ``rows`` (counted by the caller) are at most
+    :data:`BROADCAST_ROWS`; as it is otherwise. A frame read from a checkpoint or a cache has
+    no size estimate that lets Spark choose the broadcast itself."""
+    return F.broadcast(df) if rows <= BROADCAST_ROWS else df
+
 
 # How a batch-sized frame (a batch's records, their classification) is kept between its passes:
 # on disk, not in memory. Millions of records held in memory take what the batch's own sorts
@@ -155,8 +166,9 @@ def store_events(
     # stored tables (its context), and Spark drops the cache of every plan that reads a table
     # when the table is written, so each of this batch's writes would classify it again
     # (30-40 s each at a 10M-event history), against the tables as they then are.
-    classified = classified.localCheckpoint(eager=False, storageLevel=BATCH_STORAGE)
+    # (Not lazy under AQE: making the checkpoint's RDD runs the plan's shuffle stages.)
     with timed(seconds, "classify"):
+        classified = classified.localCheckpoint(eager=False, storageLevel=BATCH_STORAGE)
         counts = summarize(classified)
     reconcile("events", read, counts)
     # The bot rule's hour counts, which an incremental run after this one adds to.
@@ -216,7 +228,7 @@ def _rejected(
         # apart from the whole classification, which each read would scan again.
         quarantined = quarantined.persist(StorageLevel.MEMORY_AND_DISK)
         keep.append(quarantined)
-        quarantined = X.restore_text(quarantined, raw, broadcast=late <= BROADCAST_TEXT_LOOKUPS)
+        quarantined = X.restore_text(quarantined, raw, broadcast=late <= BROADCAST_ROWS)
     return X.to_quarantine(quarantined, run_id=run_id, input_name="events")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -153,7 +154,9 @@ def _context(
 ) -> C.Context | None:
     """The batch's :class:`~recspark.ingest.classify.Context`. The stored rows of the batch's
     users are read once, kept on disk, for each of its uses (the duplicate keys and the
-    sessions read the events, the hour counts the hours: else each use scans the table)."""
+    sessions read the events, the hour counts the hours: else each use scans the table). The
+    batch's users are broadcast (:func:`~recspark.ingest.store.small`): the stored tables are
+    filtered as they are read, not shuffled."""
     events = _stored(spark, cfg, T.SILVER_EVENTS, files)
     if events is None:
         return None
@@ -161,10 +164,12 @@ def _context(
     if hours is None:  # a warehouse of an older version: no stored hours
         hours = spark.createDataFrame([], S.EVENT_HOURS_SCHEMA)
     users = N.batch_users(raw).persist(W.BATCH_STORAGE)
+    keep.append(users)
+    users = W.small(users, users.count())
     mine = events.select(S.USER_ID, S.EVENT_TS, S.EVENT_KEY).join(users, S.USER_ID, "left_semi")
     mine = mine.persist(W.BATCH_STORAGE)
     hours = hours.join(users, S.USER_ID, "left_semi").persist(W.BATCH_STORAGE)
-    keep.extend([users, mine, hours])
+    keep.extend([mine, hours])
     return N.context(
         mine,
         hours,
@@ -194,6 +199,7 @@ def ingest_batch(
     appends and its interactions' sums carry ``txn`` (the stream and the batch), which Delta
     writes once; and once its files have stored rows (:func:`_seen_before`), it MERGEs."""
     seconds: dict[str, float] = {}
+    started = time.perf_counter()
     raw = raw.persist(W.BATCH_STORAGE)
     keep.append(raw)
     with timed(seconds, "read"):
@@ -209,8 +215,9 @@ def ingest_batch(
             "batch, or a full ingest of the same files): the batch writes with MERGEs"
         )
     append = None if seen else txn
-    context = _context(spark, cfg, raw, files, keep)
-    classified = W.classify(raw, items, cfg.ingest, window, context)
+    with timed(seconds, "context"):
+        context = _context(spark, cfg, raw, files, keep)
+        classified = W.classify(raw, items, cfg.ingest, window, context)
     stored = W.store_events(
         spark,
         cfg,
@@ -225,11 +232,8 @@ def ingest_batch(
     summary = stored.summary()
     with timed(seconds, "quarantine"):
         W.insert_quarantine(spark, cfg, [(summary, stored.rejected)], txn=append)
-    bots = (
-        N.new_bots(stored.classified)
-        if stored.counts["quarantined_by_reason"].get(S.Reason.BOT)
-        else None
-    )
+    bot_records = int(stored.counts["quarantined_by_reason"].get(S.Reason.BOT, 0))
+    bots = N.new_bots(stored.classified) if bot_records else None
     requarantined = 0
     if bots is not None:
         with timed(seconds, "requarantine"):
@@ -238,7 +242,10 @@ def ingest_batch(
             )
     accepted = stored.classified.where(F.col(C.STATUS) == "accepted")
     with timed(seconds, "interactions"):
-        _update_interactions(spark, cfg, accepted, bots, append)
+        _update_interactions(
+            spark, cfg, accepted, stored.counts["accepted"], bots, bot_records, append
+        )
+    seconds["batch"] = round(time.perf_counter() - started, 1)
     get_logger("ingest").info("ingest events batch: seconds by step %s", json.dumps(seconds))
     return {**summary, "requarantined": requarantined, "files": len(files)}
 
@@ -263,9 +270,13 @@ def _requarantine(
     hours = _stored(spark, cfg, T.SILVER_EVENT_HOURS, files)
     if hours is not None:
         bots = bots.join(hours.select(S.USER_ID).distinct(), S.USER_ID, "left_semi")
-        with timed(seconds, "bots_stored_hours"):
-            if bots.isEmpty():
-                return 0
+    bots = bots.persist(StorageLevel.MEMORY_AND_DISK)
+    keep.append(bots)
+    with timed(seconds, "bots_stored_hours"):
+        n_bots = bots.count()
+    if n_bots == 0:
+        return 0
+    bots = W.small(bots, n_bots)
     moved = N.stored_events_of(T.read(spark, cfg.warehouse, T.SILVER_EVENTS), bots)
     moved = moved.persist(StorageLevel.MEMORY_AND_DISK)
     keep.append(moved)
@@ -316,14 +327,17 @@ def _update_interactions(
     spark: SparkSession,
     cfg: Config,
     accepted: DataFrame,
+    n_accepted: int,
     bots: DataFrame | None,
+    n_bots: int,
     txn: T.Txn | None,
 ) -> None:
     """Add the batch's accepted events to ``silver/interactions`` and delete the rows of new
     bots. With ``txn`` (no stored row of the batch's files), the batch's per-(user, item) sums
     are MERGEd (:func:`~recspark.ingest.transforms.interaction_sums`, written once per
     ``txn``); without, the batch's users' rows are rebuilt from their stored events. With time
-    decay on, the whole table is rebuilt (every weight depends on the newest event)."""
+    decay on, the whole table is rebuilt (every weight depends on the newest event).
+    ``n_accepted``: the rows of ``accepted``; ``n_bots``: at least those of ``bots``."""
     ic = cfg.ingest
     events = T.read(spark, cfg.warehouse, T.SILVER_EVENTS)
     if ic.decay_half_life_days is not None:
@@ -336,7 +350,11 @@ def _update_interactions(
         return
     if bots is not None:
         T.delete_matching(
-            spark, bots.select(S.USER_ID), cfg.warehouse, T.SILVER_INTERACTIONS, [S.USER_ID]
+            spark,
+            W.small(bots.select(S.USER_ID), n_bots),
+            cfg.warehouse,
+            T.SILVER_INTERACTIONS,
+            [S.USER_ID],
         )
     keys = [S.USER_ID, S.ITEM_ID]
     if txn is None:
@@ -344,18 +362,46 @@ def _update_interactions(
         rows = N.interactions_of(events, users, event_weights=ic.event_weights)
         T.merge_upsert(spark, rows, cfg.warehouse, T.SILVER_INTERACTIONS, keys=keys)
         return
-    rows = X.build_interactions(accepted, event_weights=ic.event_weights)
+    # At most one row per accepted event: broadcast (when small), the stored pairs are found as
+    # silver/interactions is read, not shuffled. The sums go onto the stored pairs with an
+    # update-only MERGE, then the new pairs are appended (a MERGE with an insert keeps every
+    # row of the batch in its second join). At 10M events: 19.5 -> 18.7 s, the table being
+    # read whole either way.
+    rows = W.small(X.build_interactions(accepted, event_weights=ic.event_weights), n_accepted)
+    table = T.ref(cfg.warehouse, T.SILVER_INTERACTIONS)
+    if not T.exists(spark, table):
+        T.append_once(spark, rows, cfg.warehouse, T.SILVER_INTERACTIONS, txn)
+        return
     T.merge_update(
-        spark, rows, cfg.warehouse, T.SILVER_INTERACTIONS, keys, X.interaction_sums(), txn
+        spark,
+        rows,
+        cfg.warehouse,
+        T.SILVER_INTERACTIONS,
+        keys,
+        X.interaction_sums(),
+        txn,
+        insert=False,
     )
+    stored = T.read(spark, cfg.warehouse, T.SILVER_INTERACTIONS).select(*keys)
+    found = stored.join(W.small(rows.select(*keys), n_accepted), keys, "left_semi")
+    fresh = rows.join(found, keys, "left_anti")
+    # A rerun after the sums (skipped by their transaction) finds the same pairs new: the sums
+    # change no key.
+    T.append_once(spark, fresh, cfg.warehouse, T.SILVER_INTERACTIONS, txn.part("new"))
 
 
 def _seen_before(spark: SparkSession, cfg: Config, files: list[str]) -> bool:
     """Whether ``silver/events`` or ``silver/quarantine`` already hold rows of ``files``: an
     earlier attempt of this batch got as far as its events, or ``ingest.mode: full`` read the
     same files (a backfill). The batch then MERGEs (insert-if-absent, its users' interactions
-    rebuilt) instead of appending: appends rely on its rows being new. Reads one column."""
-    for name in (T.SILVER_EVENTS, T.SILVER_QUARANTINE):
+    rebuilt) instead of appending: appends rely on its rows being new. Reads one column.
+
+    ``silver/event_hours`` answers for ``silver/events`` (under 1% of its size at 10M events,
+    whose column took 3.9 s): every stored event has its (user, hour, file) row there, written
+    before the events in both modes. A warehouse without it (an older version) is checked on
+    ``silver/events``."""
+    hours = T.exists(spark, T.ref(cfg.warehouse, T.SILVER_EVENT_HOURS))
+    for name in (T.SILVER_EVENT_HOURS if hours else T.SILVER_EVENTS, T.SILVER_QUARANTINE):
         if not T.exists(spark, T.ref(cfg.warehouse, name)):
             continue
         mine = T.read(spark, cfg.warehouse, name).where(F.col(S.SOURCE_FILE).isin(files))
@@ -441,8 +487,16 @@ def run_events(
     aqe = spark.conf.get(_AQE, "true")
     app_id: list[str] = []  # the stream's, read from its checkpoint once the query has begun
 
+    last = [time.perf_counter()]  # when the stream started, then when a batch ended
+
     def each(batch: DataFrame, batch_id: int) -> None:
         nonlocal batches
+        get_logger("ingest").info(
+            "ingest events batch %d: began %.1f s after the stream started or the last batch "
+            "ended (the stream's own planning)",
+            batch_id,
+            time.perf_counter() - last[0],
+        )
         # The stream runs its batches on a session with AQE off (a streaming plan must keep its
         # partitioning); this sink is stateless, so the batch's own work gets the user's
         # setting back: AQE coalesces its shuffles and broadcasts its small joins at run time.
@@ -464,6 +518,7 @@ def run_events(
             failures.append(e)
             raise
         batches += 1
+        last[0] = time.perf_counter()
         _add_up(total, counts)
         get_logger("ingest").info(
             "ingest events batch %d: %s", batch_id, json.dumps(counts, sort_keys=True)
