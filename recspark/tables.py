@@ -384,11 +384,6 @@ class Txn:
     app_id: str
     version: int
 
-    def part(self, name: str) -> Txn:
-        """The identifier of another write of the same batch to the same table: a table records
-        one version per application, so each write needs an application of its own."""
-        return Txn(f"{self.app_id}-{name}", self.version)
-
 
 # The session settings that give a MERGE its transaction identifier (Delta >= 2.3).
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
@@ -447,14 +442,11 @@ def merge_update(
     keys: Sequence[str],
     update: dict[str, str],
     txn: Txn,
-    *,
-    insert: bool = True,
 ) -> None:
     """MERGE ``df`` into the table: a matched row gets the ``update`` expressions (SQL over
-    ``t.`` and ``s.``, by column), a new key is inserted (unless ``insert`` is False); skipped
-    when ``txn`` was written already, so a non-idempotent update (a sum) is applied once. The
-    first write creates the table from ``df``. Without the insert, the MERGE's second join
-    keeps no unmatched row of ``df``."""
+    ``t.`` and ``s.``, by column), a new key is inserted; skipped when ``txn`` was written
+    already, so a non-idempotent update (a sum) is applied once. The first write creates the
+    table from ``df``."""
     table = ref(warehouse, name)
     check_columns(df, table)
     partitions = _partitioning(table, df, None)
@@ -472,9 +464,8 @@ def merge_update(
             .alias("t")
             .merge(df.alias("s"), cond)
             .whenMatchedUpdate(set=exprs)
+            .whenNotMatchedInsertAll()
         )
-        if insert:
-            merge = merge.whenNotMatchedInsertAll()
         saved = {k: spark.conf.get(k, None) for k in _TXN_CONFS}
         spark.conf.set(_TXN_CONFS[0], txn.app_id)
         spark.conf.set(_TXN_CONFS[1], str(txn.version))

@@ -313,24 +313,6 @@ def test_a_transaction_is_written_once_and_sums_are_added_once(
         {"k": "a", "v": 20},
         {"k": "c", "v": 10},
     ]
-    # Without the insert, only stored keys get the sum; the new key goes in with another part
-    # of the same batch, a transaction of its own on the same table.
-    more = spark.createDataFrame([("a", 1), ("z", 7)], _KV)
-    for _ in range(2):
-        T.merge_update(
-            spark, more, warehouse, "silver/sums", ["k"], add, T.Txn("s", 2), insert=False
-        )
-    assert T.append_once(
-        spark, more.where("k = 'z'"), warehouse, "silver/sums", T.Txn("s", 2).part("new")
-    )
-    assert not T.append_once(
-        spark, more.where("k = 'z'"), warehouse, "silver/sums", T.Txn("s", 2).part("new")
-    )
-    assert sorted(FX.read_rows(spark, warehouse, "silver/sums") or [], key=str) == [
-        {"k": "a", "v": 21},
-        {"k": "c", "v": 10},
-        {"k": "z", "v": 7},
-    ]
     assert spark.conf.get("spark.databricks.delta.write.txnAppId", None) is None
 
 

@@ -130,10 +130,7 @@ class TwoTower(nn.Module):
         them."""
         w = recency_weights(mask, self.half_life()).to(hist_vecs.dtype)
         total = w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        out = (w.unsqueeze(-1) * hist_vecs).sum(dim=1) / total
-        if user_idx is not None and self.user_emb is not None:
-            out = out + self.user_emb(user_idx.clamp_min(-1) + 1).to(out.dtype)
-        return out
+        return self._plus_own((w.unsqueeze(-1) * hist_vecs).sum(dim=1) / total, user_idx)
 
     def users(
         self,
@@ -162,10 +159,13 @@ class TwoTower(nn.Module):
             (positions.shape[0], item_vecs.shape[0]), dtype=item_vecs.dtype, device=w.device
         ).scatter_add(1, positions.clamp_min(0), w)
         total = w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        out = (weights @ item_vecs) / total
-        if user_idx is not None and self.user_emb is not None:
-            out = out + self.user_emb(user_idx.clamp_min(-1) + 1).to(out.dtype)
-        return out
+        return self._plus_own((weights @ item_vecs) / total, user_idx)
+
+    def _plus_own(self, users: Tensor, user_idx: Tensor | None) -> Tensor:
+        """``users`` plus each user's own vector (when given and the model has them)."""
+        if user_idx is None or self.user_emb is None:
+            return users
+        return users + self.user_emb(user_idx.clamp_min(-1) + 1).to(users.dtype)
 
     def user_offsets(self) -> Tensor | None:
         """``[n_users, dim]``: the learned vector of user index ``0..n_users-1`` (None without)."""
