@@ -14,7 +14,7 @@ from chispa import assert_df_equality
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.types import StringType, StructField, StructType, TimestampType
 
 from recspark import schema as S
 from recspark import tables as T
@@ -260,10 +260,12 @@ def test_a_batch_classified_with_its_context_equals_the_full_classification(
     }
     first = C.classify_events(b1, items, **params)
     stored = X.to_silver_events(first.where(F.col(C.STATUS) == "accepted"), run_id="r")
+    batch = N.batch_keys(b2)
     ctx = N.context(
         stored,
         N.hour_counts(first),
-        N.batch_users(b2),
+        batch.select(S.USER_ID).distinct(),
+        N.stored_keys(stored, batch.select(S.EVENT_KEY)),
         gap_minutes=30,
         events_per_hour=3,
     )
@@ -273,6 +275,57 @@ def test_a_batch_classified_with_its_context_equals_the_full_classification(
     want = both.where(F.col(S.SOURCE_FILE) == "f2").select(*cols)
     assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
     assert got.where(F.col(S.REASON) == S.Reason.BOT).count() == 4
+
+
+def test_batch_keys_hold_the_key_of_every_valid_event_as_classification_makes_it(
+    spark: SparkSession,
+) -> None:
+    """The context looks stored keys up with the batch's keys, made without the checks: for
+    every valid event the key classification gives, whatever spelling its fields arrived in
+    (spaces, case, epoch milliseconds); invalid records add keys and lose none."""
+    items = spark.createDataFrame([("i1", "c"), ("i2", "c")], "item_id string, category string")
+    lines = [
+        _line("u1", "i1", "10:00"),
+        json.dumps(
+            {"user_id": " u1 ", "item_id": "i2", "event_type": " VIEW", "event_ts": 1704103800000}
+        ),
+        _line("u2", "i1", "11:00", event_id=" e1 "),
+        _line("u3", "i1", "yesterday"),  # bad timestamp: a key of its own, harmless
+        "{",  # malformed: no user, no row
+    ]
+    raw = spark.createDataFrame([(r, "f") for r in lines], RAW)
+    got = N.batch_keys(raw)
+    classified = C.classify_events(raw, items, min_ts=WINDOW[0], max_ts=WINDOW[1])
+    want = classified.where(F.col(C.STATUS) == "accepted").select(S.USER_ID, S.EVENT_KEY)
+    assert want.count() == 3
+    assert want.subtract(got).count() == 0
+    assert sorted(r[S.USER_ID] for r in got.collect()) == ["u1", "u1", "u2", "u3"]
+
+
+def test_stored_keys_are_the_stored_events_a_batch_repeats(spark: SparkSession) -> None:
+    schema = StructType([StructField(S.EVENT_KEY, StringType())])
+    stored = spark.createDataFrame([("a",), ("b",), ("c",)], schema)
+    batch = spark.createDataFrame([("b",), ("d",), ("c",), (None,)], schema)
+    want = spark.createDataFrame([("b",), ("c",)], schema)
+    assert_df_equality(N.stored_keys(stored, batch), want, ignore_row_order=True)
+
+
+def test_only_new_bots_with_stored_events_have_events_to_move(spark: SparkSession) -> None:
+    """A user of the context whose last stored event is null has stored hours only (a bot
+    quarantined before): nothing of theirs is in silver/events."""
+    users = spark.createDataFrame(
+        [("a", datetime(2024, 1, 1, tzinfo=UTC)), ("b", None)],
+        StructType(
+            [StructField(S.USER_ID, StringType()), StructField(C.CTX_LAST, TimestampType())]
+        ),
+    )
+    context = C.Context(keys=users.select(S.USER_ID), users=users, hours=users)
+    bot_schema = StructType(
+        [StructField(S.USER_ID, StringType()), StructField(S.DETAIL, StringType())]
+    )
+    bots = spark.createDataFrame([("a", "x"), ("b", "y"), ("c", "z")], bot_schema)
+    want = spark.createDataFrame([("a", "x")], bot_schema)
+    assert_df_equality(N.with_stored_events(bots, context), want)
 
 
 def test_a_stored_event_whose_file_is_gone_is_quarantined_from_its_stored_fields(

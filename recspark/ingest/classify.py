@@ -66,8 +66,9 @@ class Context:
     :mod:`recspark.ingest.incremental`, which builds it).
 
     Attributes:
-        keys: ``event_key`` of the stored events (a batch's event with one of them is a
-            duplicate).
+        keys: ``event_key`` of stored events, each once: at least those that the batch's
+            events repeat (a batch's event with one of them is a duplicate). Broadcast it
+            when it is small: the join then keeps the batch's partitioning by user.
         users: per user, ``_ctx_last`` and ``_ctx_start`` (the last stored event's time and its
             session's start: null when none), ``_ctx_busy`` and ``_ctx_peak`` (the stored busy
             hours and the largest stored hour, by the bot rule's count: null when none).

@@ -24,15 +24,32 @@ from recspark.ingest import transforms as X
 from recspark.ingest import validate as V
 
 
-def batch_users(raw: DataFrame) -> DataFrame:
-    """The distinct ``user_id`` of a batch's records, normalised as classification does.
+def batch_keys(raw: DataFrame) -> DataFrame:
+    """The distinct (``user_id``, ``event_key``) of a batch's records with a user. The key is
+    made as classification makes it (:func:`recspark.ingest.validate.key_fields`), but for
+    every record, valid or not: so the batch's events' keys are among these.
 
     Args:
         raw: the batch's records (``raw``, ``source_file``).
     """
-    parsed = V.parse_json_records(raw, S.RAW_EVENT_SCHEMA)
-    user = V.clean(S.USER_ID)
-    return parsed.select(user.alias(S.USER_ID)).where(F.col(S.USER_ID).isNotNull()).distinct()
+    fields = V.key_fields(V.parse_json_records(raw, S.RAW_EVENT_SCHEMA))
+    return (
+        fields.where(F.col(S.USER_ID).isNotNull())
+        .select(S.USER_ID, C.event_key().alias(S.EVENT_KEY))
+        .distinct()
+    )
+
+
+def stored_keys(events: DataFrame, keys: DataFrame) -> DataFrame:
+    """The ``event_key`` of the stored events that are among ``keys`` (a batch's, from
+    :func:`batch_keys`): its events that are duplicates of stored ones. Far fewer rows than
+    the stored keys of the batch's users, so classification joins them without a shuffle.
+
+    Args:
+        events: stored events (``event_key``, each once).
+        keys: ``event_key``.
+    """
+    return events.select(S.EVENT_KEY).join(keys, S.EVENT_KEY, "left_semi")
 
 
 def session_context(events: DataFrame, *, gap_minutes: float) -> DataFrame:
@@ -40,10 +57,13 @@ def session_context(events: DataFrame, *, gap_minutes: float) -> DataFrame:
     session (``_ctx_start``), found as :func:`recspark.ingest.classify.fill_sessions` cuts
     sessions (a gap of more than ``gap_minutes``).
 
+    The window orders by time alone: events of one time are a gap of 0 apart, so whichever
+    of them comes first, a start has that time and the maximum start is the same.
+
     Args:
-        events: stored events (``user_id``, ``event_ts``, ``event_key``).
+        events: stored events (``user_id``, ``event_ts``).
     """
-    by_user = Window.partitionBy(S.USER_ID).orderBy(S.EVENT_TS, S.EVENT_KEY)
+    by_user = Window.partitionBy(S.USER_ID).orderBy(S.EVENT_TS)
     ts = F.col(S.EVENT_TS)
     prev = F.lag(ts).over(by_user)
     gap = F.unix_micros(ts) - F.unix_micros(prev)
@@ -79,6 +99,7 @@ def context(
     events: DataFrame,
     hours: DataFrame,
     users: DataFrame,
+    keys: DataFrame,
     *,
     gap_minutes: float,
     events_per_hour: int,
@@ -89,15 +110,18 @@ def context(
         events: the stored events of earlier batches (``silver/events`` without the rows of
             the batch's own files, so that a rerun of a batch sees what its first run saw).
         hours: the stored hours of earlier batches (``silver/event_hours``, likewise).
-        users: the batch's users (:func:`batch_users`).
+        users: the batch's users (``user_id``).
+        keys: the batch's duplicates of stored events (:func:`stored_keys`).
     """
-    mine = events.join(users, S.USER_ID, "left_semi")
-    sessions = session_context(mine, gap_minutes=gap_minutes)
+    sessions = session_context(
+        events.select(S.USER_ID, S.EVENT_TS).join(users, S.USER_ID, "left_semi"),
+        gap_minutes=gap_minutes,
+    )
     per_hour, per_user = hour_context(
         hours.join(users, S.USER_ID, "left_semi"), events_per_hour=events_per_hour
     )
     return C.Context(
-        keys=mine.select(S.EVENT_KEY),
+        keys=keys,
         users=sessions.join(per_user, S.USER_ID, "full"),
         hours=per_hour,
     )
@@ -136,6 +160,18 @@ def new_bots(classified: DataFrame) -> DataFrame:
         .groupBy(S.USER_ID)
         .agg(F.max(S.DETAIL).alias(S.DETAIL))
     )
+
+
+def with_stored_events(bots: DataFrame, context: C.Context) -> DataFrame:
+    """The rows of ``bots`` whose user has stored events (the batch's ``context`` knows: a
+    user's last stored event is null when they have none; a bot already quarantined in an
+    earlier batch has stored hours, but no events).
+
+    Args:
+        bots: output of :func:`new_bots`.
+    """
+    stored = context.users.where(F.col(C.CTX_LAST).isNotNull()).select(S.USER_ID)
+    return bots.join(stored, S.USER_ID, "left_semi")
 
 
 def stored_events_of(events: DataFrame, bots: DataFrame) -> DataFrame:

@@ -262,6 +262,9 @@ def insert_quarantine(
             s["quarantine_inserted"] = s["quarantined"] if created or total == rows else None
         return
     for s, df in parts:
+        if s["quarantined"] == 0:  # no MERGE (an empty one took 4.5 s at a 10M history)
+            s["quarantine_inserted"] = 0
+            continue
         s["quarantine_inserted"] = T.merge_new(
             spark, df, cfg.warehouse, T.SILVER_QUARANTINE, keys=[S.RECORD_KEY]
         )

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from functools import reduce
 from typing import Any
@@ -150,33 +151,44 @@ def _stored(spark: SparkSession, cfg: Config, name: str, files: list[str]) -> Da
 
 
 def _context(
-    spark: SparkSession, cfg: Config, raw: DataFrame, files: list[str], keep: list[DataFrame]
+    spark: SparkSession,
+    cfg: Config,
+    raw: DataFrame,
+    files: list[str],
+    keep: list[DataFrame],
 ) -> C.Context | None:
-    """The batch's :class:`~recspark.ingest.classify.Context`. The stored rows of the batch's
-    users are read once, kept on disk, for each of its uses (the duplicate keys and the
-    sessions read the events, the hour counts the hours: else each use scans the table). The
-    batch's users are broadcast (:func:`~recspark.ingest.store.small`): the stored tables are
-    filtered as they are read, not shuffled."""
+    """The batch's :class:`~recspark.ingest.classify.Context`. The batch's users and keys
+    are broadcast (:func:`~recspark.ingest.store.small`): the stored tables are filtered as
+    they are read, not shuffled. Of the stored events' keys, only those the batch repeats are
+    kept (a few, against a key for each stored event of the batch's users, often heavy ones:
+    1.4M for a 1% batch at a 10M history)."""
     events = _stored(spark, cfg, T.SILVER_EVENTS, files)
     if events is None:
         return None
     hours = _stored(spark, cfg, T.SILVER_EVENT_HOURS, files)
     if hours is None:  # a warehouse of an older version: no stored hours
         hours = spark.createDataFrame([], S.EVENT_HOURS_SCHEMA)
-    users = N.batch_users(raw).persist(W.BATCH_STORAGE)
-    keep.append(users)
-    users = W.small(users, users.count())
-    mine = events.select(S.USER_ID, S.EVENT_TS, S.EVENT_KEY).join(users, S.USER_ID, "left_semi")
-    mine = mine.persist(W.BATCH_STORAGE)
+    batch = N.batch_keys(raw).persist(W.BATCH_STORAGE)
+    users = batch.select(S.USER_ID).distinct().persist(W.BATCH_STORAGE)
+    keys = batch.select(S.EVENT_KEY)
+    keep.extend([batch, users])
+    n_keys = keys.count()  # the stored keys the batch repeats are at most as many
+    users, keys = W.small(users, users.count()), W.small(keys, n_keys)
+    # The stored hours are read twice (per hour and per user): kept, not scanned twice.
     hours = hours.join(users, S.USER_ID, "left_semi").persist(W.BATCH_STORAGE)
-    keep.extend([mine, hours])
-    return N.context(
-        mine,
+    keep.append(hours)
+    context = N.context(
+        events,
         hours,
         users,
+        W.small(N.stored_keys(events, keys), n_keys),
         gap_minutes=cfg.ingest.session_gap_minutes,
         events_per_hour=cfg.ingest.bot.events_per_hour,
     )
+    # Per user, a row (1,000 for a 1% batch at 10M), cut from the tables it read: the batch's
+    # writes would drop a cache of it, and the new bots look up who has stored events in it.
+    per_user = context.users.localCheckpoint(eager=True, storageLevel=W.BATCH_STORAGE)
+    return replace(context, users=per_user)
 
 
 def _empty_counts() -> dict[str, Any]:
@@ -235,10 +247,16 @@ def ingest_batch(
     bot_records = int(stored.counts["quarantined_by_reason"].get(S.Reason.BOT, 0))
     bots = N.new_bots(stored.classified) if bot_records else None
     requarantined = 0
-    if bots is not None:
+    if bots is not None and context is not None:  # else no stored event to move
         with timed(seconds, "requarantine"):
             requarantined = _requarantine(
-                spark, cfg, bots, files, run_id=run_id, window=window, keep=keep, seconds=seconds
+                spark,
+                cfg,
+                N.with_stored_events(bots, context),
+                run_id=run_id,
+                window=window,
+                keep=keep,
+                seconds=seconds,
             )
     accepted = stored.classified.where(F.col(C.STATUS) == "accepted")
     with timed(seconds, "interactions"):
@@ -254,25 +272,19 @@ def _requarantine(
     spark: SparkSession,
     cfg: Config,
     bots: DataFrame,
-    files: list[str],
     *,
     run_id: str,
     window: tuple[datetime, datetime],
     keep: list[DataFrame],
     seconds: dict[str, float],
 ) -> int:
-    """Move the stored events of users who became bots in this batch (whose records are
-    ``files``) to the quarantine (first inserted there, then deleted from ``silver/events``: a
-    rerun finds what is left to move); return how many were moved.
-
-    ``silver/event_hours`` (small: a row per user, hour and file) says first which new bots
-    have any events of earlier files; when none has, ``silver/events`` is not read."""
-    hours = _stored(spark, cfg, T.SILVER_EVENT_HOURS, files)
-    if hours is not None:
-        bots = bots.join(hours.select(S.USER_ID).distinct(), S.USER_ID, "left_semi")
+    """Move the stored events of ``bots`` (users who became bots in this batch and have stored
+    events, :func:`~recspark.ingest.incremental.with_stored_events`) to the quarantine (first
+    inserted there, then deleted from ``silver/events``: a rerun finds what is left to move);
+    return how many were moved. With no such bot, ``silver/events`` is not read."""
     bots = bots.persist(StorageLevel.MEMORY_AND_DISK)
     keep.append(bots)
-    with timed(seconds, "bots_stored_hours"):
+    with timed(seconds, "bots_with_events"):
         n_bots = bots.count()
     if n_bots == 0:
         return 0

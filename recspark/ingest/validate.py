@@ -148,6 +148,28 @@ def parse_timestamp(c: Column) -> Column:
     return F.coalesce(from_number, from_iso)
 
 
+def event_type_of(c: Column) -> Column:
+    """An event type as it is checked and stored: trimmed, lower-cased."""
+    return F.lower(F.trim(c))
+
+
+def key_fields(parsed: DataFrame) -> DataFrame:
+    """The fields an event's dedup key is made of (``user_id``, ``event_id``, ``item_id``,
+    ``event_type``, ``event_ts``), normalised as :func:`validate_events` normalises them but
+    without its checks: far cheaper, and a valid event's fields are the same.
+
+    Args:
+        parsed: output of :func:`parse_json_records` with the raw event schema.
+    """
+    return parsed.select(
+        clean(S.USER_ID).alias(S.USER_ID),
+        clean(S.EVENT_ID).alias(S.EVENT_ID),
+        clean(S.ITEM_ID).alias(S.ITEM_ID),
+        event_type_of(F.col(S.EVENT_TYPE)).alias(S.EVENT_TYPE),
+        parse_timestamp(F.col(S.EVENT_TS)).alias(S.EVENT_TS),
+    )
+
+
 def _normalised(parsed: DataFrame) -> DataFrame:
     """Add ``_ts``, ``_value`` and ``_etype``: the event time, value and type parsed once into
     columns (the checks refer to the columns, not the expressions)."""
@@ -156,7 +178,7 @@ def _normalised(parsed: DataFrame) -> DataFrame:
         "*",
         parse_timestamp(F.col(S.EVENT_TS)).alias("_ts"),
         F.when(value_text.rlike(_NUMBER), value_text.try_cast("double")).alias("_value"),
-        F.lower(F.trim(F.col(S.EVENT_TYPE))).alias("_etype"),
+        event_type_of(F.col(S.EVENT_TYPE)).alias("_etype"),
     )
 
 
