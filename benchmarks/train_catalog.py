@@ -25,10 +25,14 @@ import torch
 from recspark.train.config import TrainConfig
 from recspark.train.loop import target_shares
 from recspark.train.model import ItemFeatures, ModelShape, TwoTower, batch_loss, negatives_for
+from recspark.train.plan import fused_adam
 
 
-def setup(n_items: int, tc: TrainConfig, text_dim: int, history_len: int, batch: int) -> dict:
-    """Model, optimizer, features and batches for one catalog size (default loss choice)."""
+def setup(
+    n_items: int, tc: TrainConfig, text_dim: int, history_len: int, batch: int, fused: bool
+) -> dict:
+    """Model, optimizer, features and batches for one catalog size (default loss choice), with
+    the fused Adam ``recspark train`` uses on CPU, or torch's plain one."""
     g = torch.Generator().manual_seed(n_items)
     feats = ItemFeatures(
         torch.randn(n_items, text_dim, generator=g),
@@ -38,7 +42,9 @@ def setup(n_items: int, tc: TrainConfig, text_dim: int, history_len: int, batch:
     shape = ModelShape(text_dim, n_items, 20, dim=tc.dim, learn_recency=True)
     torch.manual_seed(0)
     model = TwoTower(shape)
-    opt = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=tc.learning_rate, fused=fused_adam("cpu") if fused else None
+    )
     full = n_items <= tc.full_softmax_max_items
     negs = negatives_for(n_items, tc.negatives_fraction, tc.negatives_min, tc.negatives_max)
     # Zipf-like target popularity, as real catalogs have (it decides the in-batch overlap).
@@ -105,30 +111,36 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     tc = TrainConfig()
     sizes = sorted(a.items)
-    setups = {n: setup(n, tc, a.text_dim, a.history_len, tc.batch_size) for n in sizes}
+    setups = {
+        (n, fused): setup(n, tc, a.text_dim, a.history_len, tc.batch_size, fused)
+        for n in sizes
+        for fused in (True, False)
+    }
     for s in setups.values():
         steps(s, 2)  # warm-up
-    times: dict[int, list[float]] = {n: [] for n in sizes}
+    times: dict[tuple[int, bool], list[float]] = {k: [] for k in setups}
     for _ in range(a.rounds):
-        for n in sizes:
-            times[n].append(steps(setups[n], a.steps))
-    base = statistics.median(times[sizes[0]])
+        for k in setups:
+            times[k].append(steps(setups[k], a.steps))
+    base = statistics.median(times[(sizes[0], True)])
     print(
         f"batch {tc.batch_size}, history {a.history_len}, {a.threads} threads, medians of "
-        f"{a.rounds} rounds of {a.steps} steps"
+        f"{a.rounds} rounds of {a.steps} steps; Adam fused (as recspark train) and plain"
     )
     print(
         "| items | loss | candidates | items through the item tower | ms / step | µs / example "
-        "| vs smallest |"
+        "| vs smallest | plain Adam: µs / example | fused / plain |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in sizes:
-        s, med = setups[n], statistics.median(times[n])
+        s, med = setups[(n, True)], statistics.median(times[(n, True)])
+        plain = statistics.median(times[(n, False)])
         loss = "full softmax" if s["full"] else f"sampled, {s['negatives']} negatives"
         cand = n if s["full"] else f"≤ {tc.batch_size + s['negatives']}"
         print(
             f"| {n:,} | {loss} | {cand} | {tower_items(s):,} | {med * 1e3:.1f} | "
-            f"{med * 1e6 / tc.batch_size:.1f} | {med / base:.2f}x |"
+            f"{med * 1e6 / tc.batch_size:.1f} | {med / base:.2f}x | "
+            f"{plain * 1e6 / tc.batch_size:.1f} | {med / plain:.2f}x |"
         )
 
 

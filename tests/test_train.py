@@ -60,6 +60,7 @@ from recspark.train.model import (
 from recspark.train.plan import (
     DataPlan,
     LaunchPlan,
+    fused_adam,
     is_local_master,
     model_version,
     plan_backend,
@@ -156,6 +157,23 @@ def small_cfg(warehouse: str, **train: Any) -> Config:
 
 
 # --------------------------------------------------------------------------- planning
+
+
+def test_adam_is_fused_where_torch_has_the_kernel_and_steps_as_the_plain_one() -> None:
+    assert fused_adam("cpu") is True
+    assert fused_adam("cuda") is True
+    assert fused_adam("mps") is None
+    torch.manual_seed(0)
+    start, grads = torch.randn(50, 8), [torch.randn(50, 8) for _ in range(3)]
+    params = [torch.nn.Parameter(start.clone()) for _ in range(2)]
+    plain = torch.optim.Adam([params[0]], lr=0.01, weight_decay=1e-4)
+    fused = torch.optim.Adam([params[1]], lr=0.01, weight_decay=1e-4, fused=fused_adam("cpu"))
+    for g in grads:
+        for p, opt in zip(params, (plain, fused), strict=True):
+            p.grad = g.clone()
+            opt.step()
+    assert not torch.equal(params[1].detach(), start)
+    torch.testing.assert_close(params[1].detach(), params[0].detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_plan_backend_device_and_lr() -> None:

@@ -38,7 +38,7 @@ from recspark.train.artifacts import (
 from recspark.train.distributed import Comm, LocalComm
 from recspark.train.model import ItemFeatures, ModelShape, TwoTower, batch_loss, evaluate
 from recspark.train.model import weights_digest as digest_of
-from recspark.train.plan import plan_device
+from recspark.train.plan import fused_adam, plan_device
 from recspark.train.reader import (
     Batch,
     WorkerData,
@@ -154,7 +154,12 @@ def _fresh(spec: TrainSpec, device: torch.device) -> tuple[TwoTower, torch.optim
         groups.append({"params": half_life, "lr": spec.recency_learning_rate, "weight_decay": 0.0})
     if users:
         groups.append({"params": users, "lr": spec.user_learning_rate, "weight_decay": 0.0})
-    opt = torch.optim.Adam(groups, lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    opt = torch.optim.Adam(
+        groups,
+        lr=spec.learning_rate,
+        weight_decay=spec.weight_decay,
+        fused=fused_adam(device.type),
+    )
     return model, opt
 
 

