@@ -151,11 +151,7 @@ def _stored(spark: SparkSession, cfg: Config, name: str, files: list[str]) -> Da
 
 
 def _context(
-    spark: SparkSession,
-    cfg: Config,
-    raw: DataFrame,
-    files: list[str],
-    keep: list[DataFrame],
+    spark: SparkSession, cfg: Config, raw: DataFrame, files: list[str], keep: list[DataFrame]
 ) -> C.Context | None:
     """The batch's :class:`~recspark.ingest.classify.Context`. The batch's users and keys
     are broadcast (:func:`~recspark.ingest.store.small`): the stored tables are filtered as
