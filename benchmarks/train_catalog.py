@@ -24,15 +24,49 @@ import torch
 
 from recspark.train.config import TrainConfig
 from recspark.train.loop import target_shares
-from recspark.train.model import ItemFeatures, ModelShape, TwoTower, batch_loss, negatives_for
+from recspark.train.model import (
+    ItemFeatures,
+    ModelShape,
+    TwoTower,
+    batch_loss,
+    negatives_for,
+    recency_weights,
+)
 from recspark.train.plan import fused_adam
 
 
+class DensePooling(TwoTower):
+    """The user tower as it pooled before 2026-12-05's evening: the recency weights scattered
+    into a dense ``[B, M]`` matrix multiplied by the ``M`` item vectors of the step."""
+
+    def pooled_users(
+        self, item_vecs: torch.Tensor, positions: torch.Tensor, user_idx: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        mask = positions >= 0
+        w = recency_weights(mask, self.half_life()).to(item_vecs.dtype)
+        weights = torch.zeros(
+            (positions.shape[0], item_vecs.shape[0]), dtype=item_vecs.dtype
+        ).scatter_add(1, positions.clamp_min(0), w)
+        total = w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return self._plus_own((weights @ item_vecs) / total, user_idx)
+
+
+# The variants timed side by side: (fused Adam, dense pooling). The first is recspark train's.
+VARIANTS = {"now": (True, False), "dense pooling": (True, True), "plain Adam": (False, False)}
+
+
 def setup(
-    n_items: int, tc: TrainConfig, text_dim: int, history_len: int, batch: int, fused: bool
+    n_items: int,
+    tc: TrainConfig,
+    text_dim: int,
+    history_len: int,
+    batch: int,
+    fused: bool,
+    dense: bool,
 ) -> dict:
     """Model, optimizer, features and batches for one catalog size (default loss choice), with
-    the fused Adam ``recspark train`` uses on CPU, or torch's plain one."""
+    the fused Adam ``recspark train`` uses on CPU or torch's plain one, and its pooled user
+    tower or the dense one it had before."""
     g = torch.Generator().manual_seed(n_items)
     feats = ItemFeatures(
         torch.randn(n_items, text_dim, generator=g),
@@ -41,7 +75,7 @@ def setup(
     )
     shape = ModelShape(text_dim, n_items, 20, dim=tc.dim, learn_recency=True)
     torch.manual_seed(0)
-    model = TwoTower(shape)
+    model = (DensePooling if dense else TwoTower)(shape)
     opt = torch.optim.Adam(
         model.parameters(), lr=tc.learning_rate, fused=fused_adam("cpu") if fused else None
     )
@@ -112,35 +146,41 @@ def main() -> None:
     tc = TrainConfig()
     sizes = sorted(a.items)
     setups = {
-        (n, fused): setup(n, tc, a.text_dim, a.history_len, tc.batch_size, fused)
+        (n, name): setup(n, tc, a.text_dim, a.history_len, tc.batch_size, *flags)
         for n in sizes
-        for fused in (True, False)
+        for name, flags in VARIANTS.items()
     }
     for s in setups.values():
         steps(s, 2)  # warm-up
-    times: dict[tuple[int, bool], list[float]] = {k: [] for k in setups}
+    times: dict[tuple[int, str], list[float]] = {k: [] for k in setups}
     for _ in range(a.rounds):
         for k in setups:
             times[k].append(steps(setups[k], a.steps))
-    base = statistics.median(times[(sizes[0], True)])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    others = [name for name in VARIANTS if name != "now"]
     print(
         f"batch {tc.batch_size}, history {a.history_len}, {a.threads} threads, medians of "
-        f"{a.rounds} rounds of {a.steps} steps; Adam fused (as recspark train) and plain"
+        f"{a.rounds} rounds of {a.steps} steps; now = recspark train's step (fused Adam, the "
+        "pooled user tower by index_add), beside: " + ", ".join(others)
     )
     print(
         "| items | loss | candidates | items through the item tower | ms / step | µs / example "
-        "| vs smallest | plain Adam: µs / example | fused / plain |"
+        "| vs smallest | "
+        + " | ".join(f"{name}: µs / example | now / {name}" for name in others)
+        + " |"
     )
-    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: |" + " ---: | ---: |" * len(others))
+    per_ex = 1e6 / tc.batch_size
     for n in sizes:
-        s, med = setups[(n, True)], statistics.median(times[(n, True)])
-        plain = statistics.median(times[(n, False)])
+        s, now = setups[(n, "now")], med[(n, "now")]
         loss = "full softmax" if s["full"] else f"sampled, {s['negatives']} negatives"
         cand = n if s["full"] else f"≤ {tc.batch_size + s['negatives']}"
+        beside = " | ".join(
+            f"{med[(n, name)] * per_ex:.1f} | {now / med[(n, name)]:.2f}x" for name in others
+        )
         print(
-            f"| {n:,} | {loss} | {cand} | {tower_items(s):,} | {med * 1e3:.1f} | "
-            f"{med * 1e6 / tc.batch_size:.1f} | {med / base:.2f}x | "
-            f"{plain * 1e6 / tc.batch_size:.1f} | {med / plain:.2f}x |"
+            f"| {n:,} | {loss} | {cand} | {tower_items(s):,} | {now * 1e3:.1f} | "
+            f"{now * per_ex:.1f} | {now / med[(sizes[0], 'now')]:.2f}x | {beside} |"
         )
 
 

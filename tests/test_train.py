@@ -423,7 +423,8 @@ def test_the_pooled_user_tower_is_the_gathered_one_with_its_gradients() -> None:
     torch.manual_seed(0)
     model = TwoTower(ModelShape(TEXT_DIM, 10, 2, dim=4, learn_recency=True))
     vecs = torch.randn(10, 4, requires_grad=True)
-    pos = torch.tensor([[-1, 3, 3, 7], [2, 0, 9, 1], [-1, -1, -1, 5]])  # item 3 twice
+    # item 3 twice in a row; a row of padding only
+    pos = torch.tensor([[-1, 3, 3, 7], [2, 0, 9, 1], [-1, -1, -1, 5], [-1, -1, -1, -1]])
     pooled = model.pooled_users(vecs, pos)
     (g_vecs, g_hl) = torch.autograd.grad(pooled.square().sum(), [vecs, model.log_half_life])
     gathered = model.user_tower(vecs[pos.clamp_min(0)], pos >= 0)

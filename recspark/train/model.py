@@ -149,17 +149,23 @@ class TwoTower(nn.Module):
         self, item_vecs: Tensor, positions: Tensor, user_idx: Tensor | None = None
     ) -> Tensor:
         """:meth:`user_tower` over the rows ``positions`` (``[B, L]``, -1 = padding) of
-        ``item_vecs`` (``[M, dim]``), as one matrix product: the recency weights are scattered
-        into a ``[B, M]`` matrix. The same value as gathering ``[B, L, dim]`` history vectors,
-        but its backward is a product too, not a scatter-add of ``B x L`` rows (which took
-        most of a training step at history length 100)."""
+        ``item_vecs`` (``[M, dim]``): each valid entry's weighted vector is added to its row
+        with ``index_add``. The same value as gathering ``[B, L, dim]`` history vectors, but
+        the backward is a gather plus an ``index_add`` of the valid entries, not the
+        accumulating ``index_put`` of advanced indexing (which took most of a training step
+        at history length 100). Its cost follows the history's entries, not ``M``: a dense
+        ``[B, M]`` weight matrix multiplied by ``item_vecs`` (as before) made every item a
+        step runs on cost ``B`` multiply-adds per dimension, three times."""
         mask = positions >= 0
         w = recency_weights(mask, self.half_life()).to(item_vecs.dtype)
-        weights = torch.zeros(
-            (positions.shape[0], item_vecs.shape[0]), dtype=item_vecs.dtype, device=w.device
-        ).scatter_add(1, positions.clamp_min(0), w)
+        flat = mask.reshape(-1).nonzero().squeeze(1)
+        rows = torch.div(flat, positions.shape[1], rounding_mode="floor")
+        entries = w.reshape(-1).index_select(0, flat).unsqueeze(1) * item_vecs.index_select(
+            0, positions.reshape(-1).index_select(0, flat)
+        )
+        sums = item_vecs.new_zeros((positions.shape[0], item_vecs.shape[1]))
         total = w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return self._plus_own((weights @ item_vecs) / total, user_idx)
+        return self._plus_own(sums.index_add(0, rows, entries) / total, user_idx)
 
     def _plus_own(self, users: Tensor, user_idx: Tensor | None) -> Tensor:
         """``users`` plus each user's own vector (when given and the model has them)."""
