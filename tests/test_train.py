@@ -72,7 +72,7 @@ from recspark.train.plan import (
     plan_threads,
     scaled_learning_rate,
 )
-from recspark.train.reader import dataset_url, shard_batches, shard_rows
+from recspark.train.reader import _load_examples, dataset_url, shard_batches, shard_rows
 from recspark.train.trainer import fit
 
 # petastorm 0.12 reads through pyarrow's legacy dataset API, which warns on every row group.
@@ -202,17 +202,70 @@ def test_plan_num_proc_and_launch() -> None:
 
 
 def test_plan_files_cuts_rows_into_near_equal_files() -> None:
-    assert plan_files(1000, 8) == (8, 125)
-    assert plan_files(1001, 8) == (8, 126)  # 7 x 126 + 119: every file within one row
-    assert plan_files(3, 8) == (3, 1)  # fewer rows than files: one row per file
-    assert plan_files(0, 8) == (1, 1)  # an empty data set is still written (one empty file)
-    for rows, files in ((1000, 8), (17, 4), (5, 2), (2, 8)):
-        parts, per_file = plan_files(rows, files)
+    assert plan_files(1000, 8, 500) == (8, 125)
+    assert plan_files(1001, 8, 500) == (8, 126)  # 7 x 126 + 119: every file within one row
+    assert plan_files(3, 8, 500) == (3, 1)  # fewer rows than files: one row per file
+    assert plan_files(0, 8, 500) == (1, 1)  # an empty data set is still written (one empty file)
+    # more files than asked when one would hold over max_rows: a worker decodes a file whole
+    assert plan_files(1000, 8, 100) == (10, 100)
+    assert plan_files(1001, 8, 100) == (11, 91)
+    for rows, files, most in ((1000, 8, 500), (17, 4, 3), (5, 2, 5), (2, 8, 1), (10**7, 8, 5**7)):
+        parts, per_file = plan_files(rows, files, most)
         # Spark's writer cuts each partition at per_file rows: even one coalesced partition
         # gives `parts` files.
         assert math.ceil(rows / per_file) == parts
+        assert per_file <= most and parts >= min(files, rows)
     with pytest.raises(ValueError, match="files"):
-        plan_files(10, 0)
+        plan_files(10, 0, 100)
+    with pytest.raises(ValueError, match="max_rows"):
+        plan_files(10, 8, 0)
+
+
+def test_a_worker_loads_only_its_share_of_the_validation_examples(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = [4, 0, 3, 1, 2]  # written out of order: shares follow example_id
+    pq.write_table(
+        pa.table(
+            {
+                "example_id": pa.array(ids, pa.int64()),
+                "user_idx": pa.array([10 + i for i in ids], pa.int32()),
+                "target": pa.array([20 + i for i in ids], pa.int32()),
+                "history": pa.array([[-1, i] for i in ids], pa.list_(pa.int32())),
+            }
+        ),
+        tmp_path / "part-0.parquet",
+    )
+    hist, target, users = _load_examples(str(tmp_path), rank=1, size=2)
+    assert hist.tolist() == [[-1, 1], [-1, 3]]
+    assert target.tolist() == [21, 23] and users.tolist() == [11, 13]
+    assert _load_examples(str(tmp_path), rank=0, size=2)[1].tolist() == [20, 22, 24]
+    assert _load_examples(str(tmp_path))[1].tolist() == [20, 21, 22, 23, 24]
+
+
+def test_the_reader_holds_at_most_its_workers_decoded_row_groups_ahead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import petastorm
+
+    seen: dict[str, Any] = {}
+
+    class Reader:
+        def __iter__(self) -> Any:
+            return iter(())
+
+        def stop(self) -> None: ...
+
+        def join(self) -> None: ...
+
+    def fake(url: str, **kw: Any) -> Reader:
+        seen.update(kw)
+        return Reader()
+
+    monkeypatch.setattr(petastorm, "make_batch_reader", fake)
+    assert list(shard_batches("file:///x", 0, 2, ["target"], 4, 1, 1, "thread", 3)) == []
+    assert seen["workers_count"] == 3 and seen["results_queue_size"] == 3
 
 
 def test_plan_data_uses_fewer_workers_or_no_validation_and_says_so() -> None:

@@ -69,8 +69,11 @@ class TrainConfig:
     reader_workers: int = 2
     # Rows shuffled together before batching (per worker).
     shuffle_buffer: int = 8192
-    # Parquet files per training data set (at least num_proc, so every worker gets a shard).
+    # Parquet files per training data set (at least num_proc, so every worker gets a shard),
+    # more when a file would hold over data_file_rows examples. A file is one row group,
+    # which a reader decodes whole: this bounds a worker's memory at any data size.
     data_files: int = 8
+    data_file_rows: int = 50_000
     # Torch threads per training process; 0 = the driver's cores / num_proc.
     torch_threads: int = 0
     # Seconds horovod.spark.run waits for its tasks to start.
@@ -112,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"user_learning_rate must be > 0, found {self.user_learning_rate}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, found {self.temperature}")
+        if self.data_file_rows < 1:
+            raise ValueError(f"data_file_rows must be >= 1, found {self.data_file_rows}")
         if self.data_files < self.num_proc:
             raise ValueError(
                 f"data_files ({self.data_files}) must be >= num_proc ({self.num_proc})"

@@ -103,18 +103,22 @@ def is_local_master(master: str | None) -> bool:
     return bool(master) and bool(re.fullmatch(r"local(\[[0-9*]+(,\s*[0-9]+)?\])?", master or ""))
 
 
-def plan_files(rows: int, files: int) -> tuple[int, int]:
-    """How to write ``rows`` training examples as ``files`` Parquet files of near-equal size.
+def plan_files(rows: int, files: int, max_rows: int) -> tuple[int, int]:
+    """How to write ``rows`` training examples as Parquet files of near-equal size: ``files``
+    of them, or more when a file would hold over ``max_rows`` rows.
 
-    Returns ``(partitions, max_records_per_file)``: ``min(files, rows)`` partitions (at least 1),
-    and a per-file cap of ``ceil(rows / partitions)``, so that even when Spark writes fewer,
-    larger partitions (adaptive query execution coalescing a small shuffle), the writer still
-    cuts them into that many files. Each small file is one Parquet row group, the unit Petastorm
-    deals out to the workers.
+    Returns ``(partitions, max_records_per_file)``: ``min(files, rows)`` partitions (at least 1)
+    or ``ceil(rows / max_rows)``, whichever is more, and a per-file cap of
+    ``ceil(rows / partitions)``, so that even when Spark writes fewer, larger partitions
+    (adaptive query execution coalescing a small shuffle), the writer still cuts them into
+    that many files. Each file is one Parquet row group: the unit Petastorm deals out to the
+    workers and decodes whole, so ``max_rows`` bounds what a worker holds in memory.
     """
-    if rows < 0 or files < 1:
-        raise ValueError(f"rows must be >= 0 and files >= 1, found {rows} and {files}")
-    n = max(1, min(files, rows))
+    if rows < 0 or files < 1 or max_rows < 1:
+        raise ValueError(
+            f"rows must be >= 0, files and max_rows >= 1, found {rows}, {files} and {max_rows}"
+        )
+    n = max(1, min(files, rows), math.ceil(rows / max_rows))
     return n, max(1, math.ceil(rows / n))
 
 

@@ -95,7 +95,9 @@ def shard_batches(
 
     Every row of the shard is yielded exactly once; all batches are full except the last, so
     there are ``ceil(shard_rows / batch_size)`` of them. With ``pool="dummy"`` the order is a
-    function of ``seed``, ``epoch`` and ``rank`` only.
+    function of ``seed``, ``epoch`` and ``rank`` only. Otherwise ``workers`` threads decode row
+    groups ahead of training, and at most ``workers`` decoded ones wait (Petastorm's default
+    queue holds 50: a whole shard, when training is slower than reading).
     """
     rng = np.random.default_rng([seed, epoch, rank])
     kw: dict[str, Any] = {
@@ -105,6 +107,7 @@ def shard_batches(
     }
     if pool != "dummy":
         kw["workers_count"] = workers
+        kw["results_queue_size"] = workers
     pending: list[Batch] = []
     held = 0
     with _reader(url, rank, size, fields, **kw) as reader:
@@ -171,9 +174,13 @@ def load_target_counts(path: str, n_items: int) -> tuple[torch.Tensor, torch.Ten
     return out[0], out[1]
 
 
-def _load_examples(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(history, target, user_idx) of a whole (validation) data set, read with pyarrow
-    (``user_idx`` -1 when the data set predates it)."""
+def _load_examples(
+    path: str, rank: int = 0, size: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(history, target, user_idx) of every ``size``-th example of a (validation) data set,
+    from the ``rank``-th in ``example_id`` order, read with pyarrow (``user_idx`` -1 when the
+    data set predates it). The other rows are dropped before they are converted."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     p = local_path(path)
@@ -181,6 +188,8 @@ def _load_examples(path: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     if not Path(p).exists():
         return torch.zeros((0, 1), dtype=torch.long), empty, empty
     table = pq.read_table(p).sort_by("example_id")
+    if size > 1:
+        table = table.take(pa.array(np.arange(rank, table.num_rows, size)))
     if table.num_rows == 0:
         return torch.zeros((0, 1), dtype=torch.long), empty, empty
     hist = np.stack(table.column("history").to_numpy(zero_copy_only=False)).astype(np.int64)
@@ -229,15 +238,16 @@ def load_worker_data(data_dir: str, rank: int, size: int, device: torch.device) 
     feats, known_train, known_all = load_item_features(items)
     feats = feats.to(device)
     n_train, n_all = load_target_counts(items, int(feats.text.shape[0]))
-    valid_hist, valid_target, valid_user = _load_examples(os.path.join(data_dir, "valid"))
-    mine = slice(rank, None, size)
+    valid_hist, valid_target, valid_user = _load_examples(
+        os.path.join(data_dir, "valid"), rank, size
+    )
     return WorkerData(
         feats=feats,
         known_train=known_train,
         known_all=known_all,
         n_train=n_train,
         n_all=n_all,
-        valid_hist=valid_hist[mine].to(device),
-        valid_target=valid_target[mine].to(device),
-        valid_user=valid_user[mine].to(device),
+        valid_hist=valid_hist.to(device),
+        valid_target=valid_target.to(device),
+        valid_user=valid_user.to(device),
     )

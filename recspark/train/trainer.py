@@ -228,7 +228,8 @@ def _write_example_sets(
     ex: DataFrame, rows: dict[str, int], tc: TrainConfig, seed: int, data_dir: str
 ) -> None:
     """Write ``train``, ``valid`` and ``all`` for Petastorm: ``tc.data_files`` files of
-    near-equal size, one row group each, dealt out to the workers. The two training sets carry
+    near-equal size (more when one would hold over ``tc.data_file_rows`` rows), one row group
+    each, dealt out to the workers. The two training sets carry
     their order-free contexts, each drawn from its own examples (no validation-period item in
     a ``train`` context)."""
     fields = [ds.EXAMPLE_ID, ds.USER_IDX, ds.TARGET, ds.HISTORY, ds.WEIGHT]
@@ -239,7 +240,7 @@ def _write_example_sets(
         ("all", ds.bag_contexts(ex, tc.history_len, seed=seed), [*fields, ds.CONTEXT]),
     )
     for name, part, columns in sets:
-        partitions, per_file = plan_files(rows[name], tc.data_files)
+        partitions, per_file = plan_files(rows[name], tc.data_files, tc.data_file_rows)
         part.select(*columns).repartition(partitions).write.mode("overwrite").option(
             "maxRecordsPerFile", per_file
         ).parquet(f"{data_dir}/{name}")
