@@ -44,6 +44,7 @@ from recspark.train.loop import (
     cold_choice,
     context_for_epoch,
     decide_context,
+    pin_mmap_threshold,
     train_worker,
     trained_user_vectors,
     user_vectors_for,
@@ -219,6 +220,31 @@ def test_plan_files_cuts_rows_into_near_equal_files() -> None:
         plan_files(10, 0, 100)
     with pytest.raises(ValueError, match="max_rows"):
         plan_files(10, 8, 0)
+
+
+def test_the_workers_allocator_threshold_is_pinned_where_glibc_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ctypes
+    import platform
+
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert pin_mmap_threshold() is True
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    assert pin_mmap_threshold(4096) is True and calls == [(-3, 4096)]
+
+    def missing(name: str) -> Any:
+        raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)
+    assert pin_mmap_threshold() is False
 
 
 def test_a_worker_loads_only_its_share_of_the_validation_examples(tmp_path: Path) -> None:
