@@ -160,6 +160,11 @@ def main() -> None:
             for n in sizes
         ]
         print(f"| {stage} | " + " | ".join(cells) + " |")
+    for n in sizes:  # what evaluate's time went to (its summary, from this version on)
+        ev = next((r.summary for r in results[n] if r.stage == "evaluate"), {})
+        if isinstance(ev.get("seconds_by_model"), dict):
+            by_model = ", ".join(f"{m} {v:.1f} s" for m, v in ev["seconds_by_model"].items())
+            print(f"evaluate at {n:,} events, by model: {by_model}")
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
         print(f"\nper-event cost at {hi:,} / at {lo:,} (target <= 1.2x):")

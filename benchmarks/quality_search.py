@@ -11,7 +11,8 @@ same validation split for reference. Needs a warehouse where ingest and embed ha
 
 Prints one line per candidate as it finishes and a markdown table at the end (NDCG, recall and
 MAP at 10, coverage, diversity, cold recall, seconds). A candidate's model is kept under the
-warehouse's models/evaluate/<run id>, so a rerun with the same ``--tag`` reuses it.
+warehouse's models/evaluate/<version> (named by its settings, the inputs' versions and the cut),
+so a rerun on the same tables reuses it.
 """
 
 from __future__ import annotations

@@ -88,3 +88,17 @@ def test_pipeline_end_to_end_keeps_the_contract(spark: SparkSession, tmp_path: P
     assert {"recspark", "popularity"} <= models
     ndcg = metrics.where((F.col(S.METRIC) == "ndcg") & (F.col(S.K) == 10))
     assert ndcg.count() >= 2
+
+    # Evaluating the same tables again reuses the model evaluate trained on this cut (its
+    # folder is named by the settings, the inputs' versions and the cut), with the same numbers.
+    first = next(s.figures for s in summaries if s.stage == "evaluate")
+    again = run_stages(["evaluate"], dataclasses.replace(cfg, run_id="e2e-again"), spark=spark)
+    second = again[0].figures
+    assert second["model_versions"]["recspark"] == first["model_versions"]["recspark"]
+    assert [p.name for p in (Path(wh) / "models" / "evaluate").iterdir()] == [
+        first["model_versions"]["recspark"]
+    ]
+    recspark_metrics = lambda f: {  # noqa: E731
+        k: v for k, v in f["metrics"].items() if k.startswith("recspark/")
+    }
+    assert recspark_metrics(second) == recspark_metrics(first)

@@ -67,6 +67,19 @@ def test_holdout_count() -> None:
         holdout_count(3, 1.0)
 
 
+def test_split_identity_names_the_cut() -> None:
+    """Evaluations are comparable (promotion) and share a model only on the same cut."""
+    cut = job.split_identity(3, 0.2, 1)
+    assert cut == "silver/interactions@v3,holdout_fraction=0.2,min_train=1"
+    others = [
+        job.split_identity(4, 0.2, 1),
+        job.split_identity(3, 0.3, 1),
+        job.split_identity(3, 0.2, 2),
+        job.split_identity(3, 0.2, 1, validation_only=True),
+    ]
+    assert len({cut, *others}) == 5
+
+
 def test_chronological_holdout_and_train_events(spark: SparkSession) -> None:
     rows = []
     for u, n in (("a", 10), ("b", 3), ("c", 1)):
@@ -249,4 +262,6 @@ def test_evaluate_job_baselines(spark: SparkSession, warehouse: str) -> None:
     assert m["als/cold_items@5"] == 0 and m["popularity/cold_items@5"] == 0
     assert Path(summary["report"]).is_file()
     assert (Path(summary["report"]).parent / "metrics.png").stat().st_size > 1000
+    assert list(summary["seconds_by_model"]) == ["popularity", "als"]
+    assert all(s > 0 for s in summary["seconds_by_model"].values())
     assert math.isfinite(float(metrics.agg(F.sum("value")).first()[0]))

@@ -9,6 +9,7 @@ the training split only); writes one row per (model, metric, k) of the run into
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -100,12 +101,15 @@ def kernel_recs(
     ).select(USER_ID, ITEM_ID, RANK)
 
 
-def split_identity(interactions_version: int, fraction: float, min_train: int) -> str:
+def split_identity(
+    interactions_version: int, fraction: float, min_train: int, *, validation_only: bool = False
+) -> str:
     """What makes two evaluations comparable: the same interactions, cut the same way (pure)."""
-    return (
+    cut = (
         f"{tables.SILVER_INTERACTIONS}@v{interactions_version}"
         f",holdout_fraction={fraction},min_train={min_train}"
     )
+    return cut + (",validation_only" if validation_only else "")
 
 
 def _ndcg(recs: DataFrame, truth: DataFrame, catalog: DataFrame, k: int) -> float:
@@ -140,11 +144,15 @@ def select_als(
         tried: dict[AlsPoint, float] = {}
 
         def score(p: AlsParams) -> None:
+            t0 = time.perf_counter()
             uv, iv = als_factors(fit_part, p)
             recs = kernel_recs(uv, iv, fit_part, items, users, params, "als", run_id)
             value = _ndcg(recs, valid, catalog, k)
             tried[(p.rank, p.reg, p.alpha)] = value
-            _log(f"ALS rank={p.rank} reg={p.reg} alpha={p.alpha}: validation ndcg@{k}={value:.4f}")
+            _log(
+                f"ALS rank={p.rank} reg={p.reg} alpha={p.alpha}: validation ndcg@{k}={value:.4f} "
+                f"({time.perf_counter() - t0:.1f} s)"
+            )
 
         for p in grid:
             score(p)
@@ -182,17 +190,18 @@ class Holdout:
     counts: dict[str, int]
 
 
-def _trainer() -> tuple[Any, Any]:
-    """recspark's trainer and inference modules (torch, petastorm): imported only when recspark
-    is evaluated."""
+def _trainer() -> tuple[Any, Any, Any]:
+    """recspark's trainer, inference and train job modules (torch, petastorm): imported only
+    when recspark is evaluated."""
     try:
         from recspark.train import inference, trainer
+        from recspark.train import job as train_job
     except ImportError as e:
         raise StageNotReadyError(
             f"evaluate: model 'recspark' needs recspark.train ({e}); set "
             "evaluate.models to the baselines only to run without it"
         ) from e
-    return trainer, inference
+    return trainer, inference, train_job
 
 
 def holdout(
@@ -240,6 +249,7 @@ class _Run:
     items: DataFrame
     text: DataFrame | None
     embeddings: DataFrame | None
+    split_id: str  # the cut's identity (split_identity), with validation_only
 
     def params(
         self,
@@ -302,10 +312,16 @@ def _content(r: _Run) -> tuple[DataFrame, str, str | None]:
 
 
 def _recspark(r: _Run) -> tuple[DataFrame, str, str | None]:
-    trainer, inference = _trainer()
+    trainer, inference, train_job = _trainer()
     tev, emb = r.cut.events, r.embeddings
-    model_dir = r.cfg.locations().model_dir(f"evaluate/{r.run_id}")
+    # Named by the settings, the inputs' versions and the cut, as train's model is: a killed
+    # evaluation resumes its training, and one of the same tables reuses the model.
+    model_dir, _ = train_job.model_dir_of(
+        r.spark, r.cfg, folder="evaluate", cut={"split": r.split_id}
+    )
     result = trainer.fit(r.spark, r.cfg, tev, r.items, emb, model_dir)
+    if result.resumed_from == "finished":
+        _log(f"recspark: reusing the model trained on this cut, {result.model_dir}")
     iv = inference.item_vectors(r.spark, result.model_dir, r.items, emb)
     uv = inference.user_vectors(r.spark, result.model_dir, tev, iv)
     version = str(result.model_version)
@@ -381,24 +397,29 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         tables.version(spark, tables.ref(cfg.warehouse, tables.SILVER_INTERACTIONS)),
         ec.holdout_fraction,
         ec.min_train,
+        validation_only=ec.validation_only,
     )
     cut = holdout(t.interactions, t.items, t.events, ec)
     rows: list[MetricRow] = []
     versions: dict[str, str] = {}
+    seconds: dict[str, float] = {}  # each model's fit, top-K and metrics
     notes = ["validation only: the test split left out, its training part split again"]
     notes = notes if ec.validation_only else []
     _log(f"split {cut.counts}" + (" (validation only)" if ec.validation_only else ""))
     try:
-        r = _Run(spark, cfg, run_id, cut, t.items, t.text, t.embeddings)
+        r = _Run(spark, cfg, run_id, cut, t.items, t.text, t.embeddings, split_id)
         for model in ec.models:
+            t0 = time.perf_counter()
             recs, versions[model], note = _MODELS[model](r)
             notes += [note] if note else []
             rows += score(model, recs, cut, ec.ks, t.text)
+            seconds[model] = round(time.perf_counter() - t0, 1)
     finally:
         for df in (cut.split, cut.train, cut.test, cut.users, t.text):
             if df is not None:
                 df.unpersist()
-    return _record(spark, cfg, rows, versions, cut.counts, notes, split_id)
+    summary = _record(spark, cfg, rows, versions, cut.counts, notes, split_id)
+    return {**summary, "seconds_by_model": seconds}
 
 
 def _record(

@@ -16,25 +16,44 @@ from recspark.train.inference import item_vectors, user_vectors
 from recspark.train.plan import model_version
 from recspark.train.trainer import TrainResult, fit
 
+TRAIN_INPUTS = (tables.SILVER_EVENTS, tables.SILVER_ITEMS, tables.GOLD_ITEM_EMBEDDINGS)
+
 
 def _input_versions(spark: SparkSession, warehouse: str, names: list[str]) -> dict[str, int]:
     return {name: tables.version(spark, tables.ref(warehouse, name)) for name in names}
 
 
-def _model_dir(spark: SparkSession, cfg: Config, inputs: list[str]) -> tuple[str, dict[str, int]]:
-    """The model folder of the current inputs and settings, and the inputs' Delta versions."""
+def _model_settings(cfg: Config) -> dict[str, Any]:
+    """What shapes a model besides its inputs: the train settings and the interactions'
+    weighting (pure)."""
     weighting = {  # the interactions' weighting shapes the model as much as a train setting
         "event_weights": dict(cfg.ingest.event_weights),
         "decay_half_life_days": cfg.ingest.decay_half_life_days,
     }
-    read_versions = _input_versions(spark, cfg.warehouse, inputs)
-    version = model_version(
-        {**dataclasses.asdict(cfg.train), **weighting},
-        cfg.seed,
-        read_versions,
-        cfg.train.model_version,
-    )
-    return cfg.locations().model_dir(version), read_versions
+    return {**dataclasses.asdict(cfg.train), **weighting}
+
+
+def model_dir_of(
+    spark: SparkSession,
+    cfg: Config,
+    *,
+    folder: str = "",
+    cut: dict[str, Any] | None = None,
+    explicit: str | None = None,
+) -> tuple[str, dict[str, int]]:
+    """The model folder of the current inputs (:data:`TRAIN_INPUTS`) and settings, and the
+    inputs' Delta versions.
+
+    ``folder`` is a sub-folder of the models (``evaluate``); ``cut`` describes what part of
+    the inputs the model learns from (evaluate's holdout), and counts in the version like a
+    setting. The same command on the same inputs finds the same folder: a killed run resumes
+    from its last checkpoint, a finished model is reused.
+    """
+    read_versions = _input_versions(spark, cfg.warehouse, list(TRAIN_INPUTS))
+    settings = _model_settings(cfg) if cut is None else {**_model_settings(cfg), "cut": cut}
+    version = model_version(settings, cfg.seed, read_versions, explicit)
+    path = f"{folder}/{version}" if folder else version
+    return cfg.locations().model_dir(path), read_versions
 
 
 def _register(
@@ -75,11 +94,10 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """
     wh = cfg.warehouse
     cfg = cfg.with_run_id()
-    inputs = [tables.SILVER_EVENTS, tables.SILVER_ITEMS, tables.GOLD_ITEM_EMBEDDINGS]
     events = tables.read(spark, wh, tables.SILVER_EVENTS)
     items = tables.read(spark, wh, tables.SILVER_ITEMS)
     embeddings = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
-    model_dir, read_versions = _model_dir(spark, cfg, inputs)
+    model_dir, read_versions = model_dir_of(spark, cfg, explicit=cfg.train.model_version)
     result = fit(spark, cfg, events, items, embeddings, model_dir)
     iv = item_vectors(spark, result.model_dir, items, embeddings)
     tables.overwrite(
