@@ -92,12 +92,13 @@ def test_pipeline_end_to_end_keeps_the_contract(spark: SparkSession, tmp_path: P
     # Evaluating the same tables again reuses the model evaluate trained on this cut (its
     # folder is named by the settings, the inputs' versions and the cut), with the same numbers.
     first = next(s.figures for s in summaries if s.stage == "evaluate")
+    folder = Path(wh) / "models" / "evaluate" / first["model_versions"]["recspark"]
+    trained_at = (folder / "model.pt").stat().st_mtime_ns
     again = run_stages(["evaluate"], dataclasses.replace(cfg, run_id="e2e-again"), spark=spark)
     second = again[0].figures
     assert second["model_versions"]["recspark"] == first["model_versions"]["recspark"]
-    assert [p.name for p in (Path(wh) / "models" / "evaluate").iterdir()] == [
-        first["model_versions"]["recspark"]
-    ]
+    assert list(folder.parent.iterdir()) == [folder]
+    assert (folder / "model.pt").stat().st_mtime_ns == trained_at  # not trained again
     recspark_metrics = lambda f: {  # noqa: E731
         k: v for k, v in f["metrics"].items() if k.startswith("recspark/")
     }
