@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from chispa import assert_df_equality
@@ -34,8 +35,9 @@ from recspark.embed.transforms import (
     items_to_embed,
     prepare_items,
     user_embeddings,
+    user_vector_batches,
 )
-from recspark.errors import ConfigError, ModelError, StageNotReadyError
+from recspark.errors import ConfigError, ModelError, SchemaError, StageNotReadyError
 from recspark.schema import INTERACTIONS_SCHEMA, SILVER_ITEMS_SCHEMA
 
 CPU = DeviceChoice("cpu", torch.float32)
@@ -88,6 +90,8 @@ def test_config_rejects_bad_values() -> None:
         load_config(None, ["embed.batch_size=0"])
     with pytest.raises(ConfigError, match=r"embed\.pooling"):
         load_config(None, ["embed.pooling=max"])
+    with pytest.raises(ConfigError, match="key 'user_broadcast_max_mb' expected >= 0"):
+        load_config(None, ["embed.user_broadcast_max_mb=-1"])
 
 
 def test_default_model_resolves_to_package_folder() -> None:
@@ -315,7 +319,8 @@ def numpy_user_vectors(
     return out
 
 
-def test_user_embeddings_match_numpy(spark: SparkSession) -> None:
+@pytest.mark.parametrize("broadcast_items", [True, False])
+def test_user_embeddings_match_numpy(spark: SparkSession, broadcast_items: bool) -> None:
     vectors = {
         "a": [1.0, 0.0, 0.0],
         "b": [0.0, 0.6, 0.8],
@@ -351,7 +356,9 @@ def test_user_embeddings_match_numpy(spark: SparkSession) -> None:
             ]
         ),
     )
-    result = user_embeddings(inter_df, item_df)
+    result = user_embeddings(inter_df, item_df, broadcast_items=broadcast_items)
+    plan = result._jdf.queryExecution().executedPlan().toString()
+    assert ("BroadcastExchange" in plan) == broadcast_items, plan
     assert result.columns == ["user_id", "embedding"]
     assert result.schema["embedding"].dataType.elementType == FloatType()  # type: ignore[attr-defined]
     got = {r["user_id"]: np.asarray(r["embedding"], dtype=np.float64) for r in result.collect()}
@@ -362,6 +369,85 @@ def test_user_embeddings_match_numpy(spark: SparkSession) -> None:
     for user in want:
         np.testing.assert_allclose(got[user], want[user], atol=1e-6, err_msg=user)
     np.testing.assert_array_equal(got["u4"], np.zeros(3))
+
+
+def vector_batch(rows: list[tuple[str, float, list[float] | None]]) -> pa.RecordBatch:
+    users, weights, vectors = zip(*rows, strict=True) if rows else ((), (), ())
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(users, pa.string()),
+            pa.array(weights, pa.float64()),
+            pa.array(vectors, pa.list_(pa.float32())),
+        ],
+        names=["user_id", "weight", "embedding"],
+    )
+
+
+def test_user_vector_batches_carry_a_user_across_batches() -> None:
+    rng = np.random.default_rng(7)
+    rows = [
+        (u, float(w), [float(x) for x in rng.normal(size=4).astype(np.float32)])
+        for u, w in [("a", 1.0), ("a", 2.5), ("b", 0.5), ("b", 1.0), ("b", 3.0), ("c", 2.0)]
+    ]
+    # "b" spans three batches, one of them empty; "c" is alone in the last
+    batches = [
+        vector_batch(rows[:3]),
+        vector_batch([]),
+        vector_batch(rows[3:4]),
+        vector_batch(rows[4:]),
+    ]
+    out = pa.Table.from_batches(list(user_vector_batches(iter(batches))))
+    assert out.schema.field("embedding").type == pa.list_(pa.float32())
+    got = dict(
+        zip(out.column("user_id").to_pylist(), out.column("embedding").to_pylist(), strict=True)
+    )
+    want = numpy_user_vectors(
+        [(u, f"i{n}", w) for n, (u, w, _) in enumerate(rows)],
+        {f"i{n}": v for n, (_, _, v) in enumerate(rows)},
+    )
+    assert list(got) == ["a", "b", "c"]
+    for user in want:
+        np.testing.assert_allclose(got[user], want[user], rtol=1e-6, err_msg=user)
+
+
+def test_user_vector_batches_reject_unequal_or_null_vectors() -> None:
+    with pytest.raises(SchemaError, match=r"expected vectors of one size \(2\).*sizes \[2, 3\]"):
+        list(
+            user_vector_batches(
+                iter([vector_batch([("a", 1.0, [1.0, 2.0]), ("b", 1.0, [1.0, 2.0, 3.0])])])
+            )
+        )
+    with pytest.raises(SchemaError, match=r"sizes \[2, 3\]"):  # across batches
+        list(
+            user_vector_batches(
+                iter(
+                    [
+                        vector_batch([("a", 1.0, [1.0, 2.0])]),
+                        vector_batch([("b", 1.0, [1.0, 2.0, 3.0])]),
+                    ]
+                )
+            )
+        )
+    nulls = pa.RecordBatch.from_arrays(
+        [pa.array(["a"]), pa.array([1.0]), pa.array([[1.0, None]], pa.list_(pa.float32()))],
+        names=["user_id", "weight", "embedding"],
+    )
+    with pytest.raises(SchemaError, match="1 null value"):
+        list(user_vector_batches(iter([nulls])))
+
+
+@pytest.mark.parametrize(
+    ("items", "dim", "max_mb", "expected"),
+    [
+        (50_000, 384, 512, True),
+        (349_000, 384, 512, True),
+        (350_000, 384, 512, False),
+        (1, 384, 0, False),
+        (0, 0, 0, True),
+    ],
+)
+def test_fits_broadcast(items: int, dim: int, max_mb: int, expected: bool) -> None:
+    assert job.fits_broadcast(items, dim, max_mb) is expected
 
 
 # --- the job: incremental MERGE -----------------------------------------------------------
@@ -437,6 +523,18 @@ def test_job_is_incremental(spark: SparkSession, job_cfg: Config, reference: Ref
     assert (s2["items_embedded"], s2["items_unchanged"], s2["items_removed"]) == (0, 3, 0)
     assert version(spark, wh, tables.GOLD_ITEM_EMBEDDINGS) == v1
     assert snapshot(gold(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)) == before
+    assert s1["users_broadcast"] is True and s2["users_broadcast"] is True
+
+    # A catalog above embed.user_broadcast_max_mb: joined by item, the same user vectors.
+    users_before = gold(spark, wh, tables.GOLD_USER_EMBEDDINGS)
+    by_user = sorted((r[0], tuple(r[1])) for r in users_before.collect())
+    joined = dataclasses.replace(
+        job_cfg, embed=dataclasses.replace(job_cfg.embed, user_broadcast_max_mb=0)
+    )
+    s2b = job.run(spark, joined)
+    assert s2b["users_broadcast"] is False and s2b["items_embedded"] == 0
+    again = gold(spark, wh, tables.GOLD_USER_EMBEDDINGS).collect()
+    assert sorted((r[0], tuple(r[1])) for r in again) == by_user
 
     # One changed description and one item gone from the catalog: exactly the changed item
     # is re-embedded, the unchanged one keeps its vector, the gone one leaves the table.

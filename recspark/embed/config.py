@@ -26,6 +26,10 @@ class EmbedConfig:
     # Partitions the items to embed are spread over; 0 = the session's default parallelism
     # (one task per executor core, so that every core runs the model).
     num_partitions: int = 0
+    # Users' vectors: the item vectors are broadcast to every task when they take at most this
+    # many MiB as float32 (50,000 items of 384 values: 73 MiB); above, the interactions are
+    # joined to them by item, and the joined rows, one vector each, shuffled by user.
+    user_broadcast_max_mb: int = 512
 
     def __post_init__(self) -> None:
         # ValueError here becomes a one-line ConfigError naming the section (recspark.config).
@@ -35,6 +39,7 @@ class EmbedConfig:
             "arrow_batch_size": self.arrow_batch_size >= 1,
             "torch_threads": self.torch_threads >= 0,
             "num_partitions": self.num_partitions >= 0,
+            "user_broadcast_max_mb": self.user_broadcast_max_mb >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -45,6 +50,7 @@ class EmbedConfig:
                 "arrow_batch_size": ">= 1",
                 "torch_threads": ">= 0 (0 = cores per task)",
                 "num_partitions": ">= 0 (0 = default parallelism)",
+                "user_broadcast_max_mb": ">= 0 (0 = never broadcast)",
             }[name]
             raise ValueError(f"key '{name}' expected {expected}, found {getattr(self, name)!r}")
         if not self.model.strip():

@@ -2,7 +2,8 @@
 
 Reads the silver tables, embeds only the items whose text hash or model changed, MERGEs them
 into ``gold/item_embeddings`` on ``item_id`` (dropping items no longer in the catalog), and
-rewrites ``gold/user_embeddings``. A rerun on unchanged items embeds and writes nothing to
+rewrites ``gold/user_embeddings`` (broadcasting the item vectors when they fit
+``embed.user_broadcast_max_mb``). A rerun on unchanged items embeds and writes nothing to
 ``gold/item_embeddings``.
 """
 
@@ -181,6 +182,12 @@ def _embed(
     return items_embedded, seconds
 
 
+def fits_broadcast(items: int, dim: int, max_mb: int) -> bool:
+    """Whether ``items`` vectors of ``dim`` float32 values take at most ``max_mb`` MiB: the
+    users' embeddings then broadcast them (pure)."""
+    return items * dim * 4 <= max_mb * 2**20
+
+
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Embed new and changed items, refresh user embeddings, return a summary.
 
@@ -199,7 +206,17 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     items_embedded, embed_seconds = _embed(spark, cfg, settings, items, existing, items_removed)
 
     gold_items = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
-    tables.overwrite(user_embeddings(interactions, gold_items), wh, tables.GOLD_USER_EMBEDDINGS)
+    first = gold_items.select(F.size(EMBEDDING).alias("dim")).first()
+    broadcast = fits_broadcast(
+        items_total, int(first["dim"]) if first else 0, cfg.embed.user_broadcast_max_mb
+    )
+    t0 = time.perf_counter()
+    tables.overwrite(
+        user_embeddings(interactions, gold_items, broadcast_items=broadcast),
+        wh,
+        tables.GOLD_USER_EMBEDDINGS,
+    )
+    users_seconds = time.perf_counter() - t0
     users = _count(tables.read(spark, wh, tables.GOLD_USER_EMBEDDINGS))
     users_total = _count(interactions.select(USER_ID).distinct())
     return {
@@ -214,5 +231,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "users": users,
         "users_without_embedding": users_total - users,
         "embed_seconds": round(embed_seconds, 3),
+        "users_seconds": round(users_seconds, 3),
+        "users_broadcast": broadcast,
         "texts_per_second": round(items_embedded / embed_seconds, 1) if embed_seconds > 0 else None,
     }

@@ -3,21 +3,24 @@
 The encoder runs inside ``mapInPandas``: each Python worker loads tokenizer and model once
 (``recspark.embed.model.cached_encoder``, a per-process cache that survives across tasks while
 Spark reuses the worker) and encodes every Arrow batch it is handed. User vectors are computed
-in the JVM (``Summarizer`` weighted mean + higher-order functions), with no Python UDF.
+from rows partitioned and sorted by user, summed with numpy inside ``mapInArrow``
+(:func:`user_vector_batches`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import pandas as pd
-from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.ml.stat import Summarizer
-from pyspark.sql import Column, DataFrame
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
 from recspark.embed.model import EncodeSettings
+from recspark.errors import SchemaError
 from recspark.schema import (
     EMBEDDING,
     ITEM_ID,
@@ -223,17 +226,99 @@ def embed_items(
     return todo.select(item_col, text_col, hash_col).mapInPandas(fn, schema)
 
 
-def _l2_normalised(arr: Column) -> Column:
-    norm = F.sqrt(F.aggregate(arr, F.lit(0.0).cast("double"), lambda acc, x: acc + x * x))
-    return F.when(norm > 0, F.transform(arr, lambda x: (x / norm).cast("float"))).otherwise(
-        F.transform(arr, lambda x: x.cast("float"))
+def _user_vector_batch(
+    users: np.ndarray,
+    sums: np.ndarray,
+    *,
+    user_type: pa.DataType,
+    user_col: str,
+    embedding_col: str,
+) -> pa.RecordBatch:
+    """Users and their summed vectors as an Arrow batch of L2-normalised float32 vectors (a zero
+    sum stays zero)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", sums, sums))[:, None]
+    unit = np.divide(sums, norms, out=sums.copy(), where=norms > 0).astype(np.float32)
+    dim = unit.shape[1]
+    offsets = pa.array(np.arange(0, (len(users) + 1) * dim, dim, dtype=np.int32))
+    vectors = pa.ListArray.from_arrays(offsets, pa.array(unit.reshape(-1)))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(users, type=user_type), vectors], names=[user_col, embedding_col]
     )
+
+
+def user_vector_batches(
+    batches: Iterable[pa.RecordBatch],
+    *,
+    user_col: str = USER_ID,
+    weight_col: str = WEIGHT,
+    embedding_col: str = EMBEDDING,
+) -> Iterator[pa.RecordBatch]:
+    """Each user's weight-summed item vector, L2-normalised, from rows sorted by user.
+
+    The weighted sum and the weighted mean point the same way (weights are positive), so the
+    normalised sum is the normalised mean. A user's rows may span batches (their running sum
+    is carried over), but must be contiguous: the caller sorts them. Sums are in float64.
+
+    Args:
+        batches: ``user_col``, ``weight_col`` (double, > 0), ``embedding_col`` (list<float>, one
+            size, no null values), sorted by ``user_col``.
+
+    Yields:
+        ``user_col``, ``embedding_col`` (list<float32>): one row per user.
+
+    Raises:
+        SchemaError: vectors of different sizes, or with null values.
+    """
+    dim: int | None = None
+    user_type: pa.DataType = pa.string()
+    carry_user: object = None
+    carry_sum: np.ndarray | None = None
+    names = {"user_col": user_col, "embedding_col": embedding_col}
+    for batch in batches:
+        n = batch.num_rows
+        if n == 0:
+            continue
+        user_type = batch.schema.field(user_col).type
+        users = batch.column(user_col).to_numpy(zero_copy_only=False)
+        weights = batch.column(weight_col).to_numpy(zero_copy_only=False)
+        values = batch.column(embedding_col).flatten()
+        sizes = np.unique(pc.list_value_length(batch.column(embedding_col)).to_numpy())
+        dim = int(sizes[0]) if dim is None else dim
+        if len(sizes) != 1 or sizes[0] != dim or values.null_count:
+            found = f"sizes {sorted({dim, *map(int, sizes)})}, {values.null_count} null value(s)"
+            raise SchemaError(
+                f"item embeddings: expected vectors of one size ({dim}) with no null value, "
+                f"found {found}"
+            )
+        weighted = values.to_numpy(zero_copy_only=False).reshape(n, dim).astype(np.float64)
+        weighted *= weights[:, None]
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        sums = np.add.reduceat(weighted, starts, axis=0)
+        run_users = users[starts]
+        if carry_sum is not None:
+            if run_users[0] == carry_user:
+                sums[0] += carry_sum
+            else:
+                yield _user_vector_batch(
+                    np.array([carry_user], dtype=object),
+                    carry_sum[None, :],
+                    user_type=user_type,
+                    **names,
+                )
+        if len(run_users) > 1:
+            yield _user_vector_batch(run_users[:-1], sums[:-1], user_type=user_type, **names)
+        carry_user, carry_sum = run_users[-1], sums[-1]
+    if carry_sum is not None:
+        yield _user_vector_batch(
+            np.array([carry_user], dtype=object), carry_sum[None, :], user_type=user_type, **names
+        )
 
 
 def user_embeddings(
     interactions: DataFrame,
     item_embeddings: DataFrame,
     *,
+    broadcast_items: bool = True,
     user_col: str = USER_ID,
     item_col: str = ITEM_ID,
     weight_col: str = WEIGHT,
@@ -242,12 +327,17 @@ def user_embeddings(
     """Each user's vector: the interaction-weighted mean of their items' vectors, L2-normalised.
 
     Only interactions with a positive, finite weight and an item that has an embedding count;
-    a user with none of those gets no row. Computed in the JVM (weighted ``Summarizer.mean``
-    and higher-order functions), without a Python UDF. A zero mean stays zero.
+    a user with none of those gets no row. A zero mean stays zero. Each user's rows meet in one
+    task, sorted by (user, item), and numpy sums them there (:func:`user_vector_batches`): no
+    shuffle of per-user partial vectors. With ``broadcast_items`` (a catalog whose vectors fit
+    in every executor's memory) the interactions are partitioned by user, a narrow shuffle, and
+    joined to the broadcast vectors; without, they are joined by item and the joined rows, one
+    vector each, partitioned by user.
 
     Args:
         interactions: needs ``user_col``, ``item_col``, ``weight_col``.
         item_embeddings: needs ``item_col``, ``embedding_col`` (one row per item, equal sizes).
+        broadcast_items: broadcast ``item_embeddings`` to the join (the caller sizes it).
 
     Returns:
         ``user_col``, ``embedding_col`` (array<float>).
@@ -259,14 +349,25 @@ def user_embeddings(
         F.col(user_col).isNotNull() & w.isNotNull() & ~F.isnan(w) & (w > 0) & (w < float("inf"))
     ).select(user_col, item_col, w.alias(weight_col))
     vectors = item_embeddings.where(F.col(embedding_col).isNotNull()).select(
-        item_col, array_to_vector(F.col(embedding_col)).alias("_vec")
+        item_col, embedding_col
     )
-    means = (
-        usable.join(vectors, on=item_col, how="inner")
-        .groupBy(user_col)
-        .agg(Summarizer.mean(F.col("_vec"), F.col(weight_col)).alias("_mean"))
+    if broadcast_items:
+        joined = usable.repartition(user_col).join(F.broadcast(vectors), on=item_col)
+    else:
+        joined = usable.join(vectors, on=item_col).repartition(user_col)
+    rows = joined.sortWithinPartitions(user_col, item_col).select(
+        user_col, weight_col, embedding_col
     )
-    return means.select(
-        F.col(user_col),
-        _l2_normalised(vector_to_array(F.col("_mean"), dtype="float64")).alias(embedding_col),
+    schema = StructType(
+        [
+            StructField(user_col, interactions.schema[user_col].dataType, False),
+            StructField(embedding_col, ArrayType(FloatType(), False), False),
+        ]
     )
+
+    def fn(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        return user_vector_batches(
+            batches, user_col=user_col, weight_col=weight_col, embedding_col=embedding_col
+        )
+
+    return rows.mapInArrow(fn, schema)
