@@ -42,7 +42,7 @@ def _parse_utc(text: str, key: str) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
 
 
-def _window(cfg: Config, run_time: datetime) -> tuple[datetime, datetime]:
+def event_window_of(cfg: Config, run_time: datetime) -> tuple[datetime, datetime]:
     """The accepted event-time window of a run that started at ``run_time``."""
     ic = cfg.ingest
     return V.event_window(
@@ -201,7 +201,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             items, item_summary, item_rejects = _ingest_items(spark, cfg, run_id, keep)
         _check_catalog(cfg, items, item_summary)
         why_full = _why_full(spark, cfg)
-        window = _window(cfg, run_time)
+        window = event_window_of(cfg, run_time)
         if why_full is None:
             W.insert_quarantine(spark, cfg, [(item_summary, item_rejects)])
             from recspark.ingest import stream  # imports this module's helpers
