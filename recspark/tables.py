@@ -252,6 +252,14 @@ def version(spark: SparkSession, table: TableRef) -> int:
     return int(row["version"]) if row is not None else -1
 
 
+def last_user_metadata(spark: SparkSession, table: TableRef) -> str | None:
+    """The ``userMetadata`` of the table's latest commit (None: none, or no table)."""
+    if not exists(spark, table):
+        return None
+    row = delta_table(spark, table).history(1).select("userMetadata").first()
+    return None if row is None or row["userMetadata"] is None else str(row["userMetadata"])
+
+
 def _uc_schema(table: TableRef | str) -> str | None:
     """The metastore schema of a table addressed by name (None: by path)."""
     if isinstance(table, TableRef) and table.by_name:
@@ -295,11 +303,15 @@ def overwrite(
     name: str,
     partition_by: Sequence[str] | None = None,
     replace_where: str | None = None,
+    user_metadata: str | None = None,
 ) -> None:
-    """Replace a table's contents atomically (one Delta commit; readers see old or new)."""
+    """Replace a table's contents atomically (one Delta commit; readers see old or new).
+    ``user_metadata`` is kept in the commit's history (:func:`last_user_metadata`)."""
     table = ref(warehouse, name)
     check_columns(df, table)
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if user_metadata is not None:
+        writer = writer.option("userMetadata", user_metadata)
     if not exists(df.sparkSession, table):
         writer = _creating(writer, table)
     if replace_where is not None:

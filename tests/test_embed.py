@@ -523,18 +523,37 @@ def test_job_is_incremental(spark: SparkSession, job_cfg: Config, reference: Ref
     assert (s2["items_embedded"], s2["items_unchanged"], s2["items_removed"]) == (0, 3, 0)
     assert version(spark, wh, tables.GOLD_ITEM_EMBEDDINGS) == v1
     assert snapshot(gold(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)) == before
-    assert s1["users_broadcast"] is True and s2["users_broadcast"] is True
+    # ... and no user vector computed or committed: its inputs' versions are those of the
+    # last rewrite.
+    assert (s1["users_rewritten"], s1["users_broadcast"]) == (True, True)
+    assert (s2["users_rewritten"], s2["users_broadcast"]) == (False, None)
+    assert version(spark, wh, tables.GOLD_USER_EMBEDDINGS) == 0
 
-    # A catalog above embed.user_broadcast_max_mb: joined by item, the same user vectors.
-    users_before = gold(spark, wh, tables.GOLD_USER_EMBEDDINGS)
-    by_user = sorted((r[0], tuple(r[1])) for r in users_before.collect())
+    # Only the interactions change, and the catalog is above embed.user_broadcast_max_mb:
+    # the users are rewritten, joined by item, from the new interactions.
+    inter2 = [*inter, ("u2", "a", 3.0), ("u4", "b", 1.0)]
+    rows = [(u, i, w, 1, TS, TS) for u, i, w in inter2]
+    tables.overwrite(
+        spark.createDataFrame(rows, INTERACTIONS_SCHEMA), wh, tables.SILVER_INTERACTIONS
+    )
     joined = dataclasses.replace(
         job_cfg, embed=dataclasses.replace(job_cfg.embed, user_broadcast_max_mb=0)
     )
     s2b = job.run(spark, joined)
-    assert s2b["users_broadcast"] is False and s2b["items_embedded"] == 0
-    again = gold(spark, wh, tables.GOLD_USER_EMBEDDINGS).collect()
-    assert sorted((r[0], tuple(r[1])) for r in again) == by_user
+    assert (s2b["items_embedded"], s2b["users_rewritten"], s2b["users_broadcast"]) == (
+        0,
+        True,
+        False,
+    )
+    assert version(spark, wh, tables.GOLD_USER_EMBEDDINGS) == 1
+    want2 = numpy_user_vectors(inter2, vecs)
+    got2 = {
+        r["user_id"]: np.asarray(r["embedding"])
+        for r in gold(spark, wh, tables.GOLD_USER_EMBEDDINGS).collect()
+    }
+    assert sorted(got2) == sorted(want2) == ["u1", "u2", "u4"]
+    for user in want2:
+        np.testing.assert_allclose(got2[user], want2[user], atol=1e-5)
 
     # One changed description and one item gone from the catalog: exactly the changed item
     # is re-embedded, the unchanged one keeps its vector, the gone one leaves the table.
@@ -554,6 +573,7 @@ def test_job_is_incremental(spark: SparkSession, job_cfg: Config, reference: Ref
     other = dataclasses.replace(job_cfg, embed=dataclasses.replace(job_cfg.embed, max_length=16))
     s4 = job.run(spark, other)
     assert s4["items_embedded"] == 2 and s4["model_name"] != s1["model_name"]
+    assert s4["users_rewritten"] is True  # only the item vectors changed
     names = {r["model_name"] for r in gold(spark, wh, tables.GOLD_ITEM_EMBEDDINGS).collect()}
     assert names == {s4["model_name"]}
 

@@ -3,12 +3,14 @@
 Reads the silver tables, embeds only the items whose text hash or model changed, MERGEs them
 into ``gold/item_embeddings`` on ``item_id`` (dropping items no longer in the catalog), and
 rewrites ``gold/user_embeddings`` (broadcasting the item vectors when they fit
-``embed.user_broadcast_max_mb``). A rerun on unchanged items embeds and writes nothing to
-``gold/item_embeddings``.
+``embed.user_broadcast_max_mb``) when ``silver/interactions`` or ``gold/item_embeddings``
+changed since its last rewrite. A rerun on unchanged inputs embeds nothing and commits
+nothing.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -188,6 +190,56 @@ def fits_broadcast(items: int, dim: int, max_mb: int) -> bool:
     return items * dim * 4 <= max_mb * 2**20
 
 
+# What gold/user_embeddings is computed from, besides its input tables' versions: a change of
+# the formula must rewrite the table even if its inputs did not change.
+USER_VECTORS = "weighted-mean/l2/v1"
+
+
+def users_inputs(interactions_version: int, items_version: int) -> str:
+    """The ``gold/user_embeddings`` commit's metadata: the formula and the versions of the
+    tables it was computed from (pure)."""
+    return json.dumps(
+        {
+            "user_vectors": USER_VECTORS,
+            tables.SILVER_INTERACTIONS: interactions_version,
+            tables.GOLD_ITEM_EMBEDDINGS: items_version,
+        },
+        sort_keys=True,
+    )
+
+
+def _refresh_user_embeddings(
+    spark: SparkSession, cfg: Config, items_total: int
+) -> tuple[bool, bool | None]:
+    """Rewrite ``gold/user_embeddings`` unless its last commit was computed from the versions
+    of ``silver/interactions`` and ``gold/item_embeddings`` that are current: a rerun with
+    nothing new computes no vector and commits nothing. The versions are taken before the
+    tables are read, so a commit that lands in between makes the next run rewrite (never
+    skip). Returns whether it rewrote and whether the item vectors were broadcast (None:
+    not rewritten)."""
+    wh = cfg.warehouse
+    inputs = users_inputs(
+        tables.version(spark, tables.ref(wh, tables.SILVER_INTERACTIONS)),
+        tables.version(spark, tables.ref(wh, tables.GOLD_ITEM_EMBEDDINGS)),
+    )
+    target = tables.ref(wh, tables.GOLD_USER_EMBEDDINGS)
+    if tables.last_user_metadata(spark, target) == inputs:
+        return False, None
+    interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
+    gold_items = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
+    first = gold_items.select(F.size(EMBEDDING).alias("dim")).first()
+    broadcast = fits_broadcast(
+        items_total, int(first["dim"]) if first else 0, cfg.embed.user_broadcast_max_mb
+    )
+    tables.overwrite(
+        user_embeddings(interactions, gold_items, broadcast_items=broadcast),
+        wh,
+        tables.GOLD_USER_EMBEDDINGS,
+        user_metadata=inputs,
+    )
+    return True, broadcast
+
+
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Embed new and changed items, refresh user embeddings, return a summary.
 
@@ -205,17 +257,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     items_removed = _count(removed) if removed is not None else 0
     items_embedded, embed_seconds = _embed(spark, cfg, settings, items, existing, items_removed)
 
-    gold_items = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
-    first = gold_items.select(F.size(EMBEDDING).alias("dim")).first()
-    broadcast = fits_broadcast(
-        items_total, int(first["dim"]) if first else 0, cfg.embed.user_broadcast_max_mb
-    )
     t0 = time.perf_counter()
-    tables.overwrite(
-        user_embeddings(interactions, gold_items, broadcast_items=broadcast),
-        wh,
-        tables.GOLD_USER_EMBEDDINGS,
-    )
+    users_rewritten, broadcast = _refresh_user_embeddings(spark, cfg, items_total)
     users_seconds = time.perf_counter() - t0
     users = _count(tables.read(spark, wh, tables.GOLD_USER_EMBEDDINGS))
     users_total = _count(interactions.select(USER_ID).distinct())
@@ -231,6 +274,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "users": users,
         "users_without_embedding": users_total - users,
         "embed_seconds": round(embed_seconds, 3),
+        "users_rewritten": users_rewritten,
         "users_seconds": round(users_seconds, 3),
         "users_broadcast": broadcast,
         "texts_per_second": round(items_embedded / embed_seconds, 1) if embed_seconds > 0 else None,
