@@ -74,7 +74,7 @@ from recspark.train.plan import (
     scaled_learning_rate,
 )
 from recspark.train.reader import _load_examples, dataset_url, shard_batches, shard_rows
-from recspark.train.trainer import fit
+from recspark.train.trainer import fit, training_metrics
 
 # petastorm 0.12 reads through pyarrow's legacy dataset API, which warns on every row group.
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning:petastorm")
@@ -1095,3 +1095,38 @@ def test_job_writes_vectors_and_reuses_the_finished_model(
     assert again["model_version"] == "v1" and again["metrics"] == summary["metrics"]
     # Without an explicit version, the version is derived from settings and input versions.
     assert derive({"a": 1}, 7, {"silver/events": 0}).startswith("m-")
+
+
+@pytest.mark.parametrize(
+    ("final_contexts", "expected"),
+    [
+        (["preceding"], 0.0),  # one epoch: the bag was decided after it, never trained on
+        (["preceding", "bag", "bag"], 1.0),
+        (["preceding", "preceding"], 0.0),
+    ],
+)
+def test_bag_context_metric_counts_what_was_trained(
+    final_contexts: list[str], expected: float
+) -> None:
+    history = [
+        {
+            "phase": "validate",
+            "epoch": 1,
+            "context": "preceding",
+            "val_ndcg_at_10": 0.1,
+            "val_recall_at_10": 0.2,
+        },
+        *[
+            {"phase": "final", "epoch": n, "context": c, "train_loss": 1.0}
+            for n, c in enumerate(final_contexts, start=1)
+        ],
+    ]
+    meta = {
+        "history": history,
+        "best_epoch": 1,
+        "shape": {"recency_half_life": 500.0},
+        "context": {"mode": "auto", "after_first_epoch": "bag"},  # the decision: the bag
+    }
+    info = {"train_examples": 10, "valid_examples": 2}
+    metrics = training_metrics(meta, info, [{"samples_per_sec": 5.0}], 1, 10)
+    assert metrics["bag_context"] == expected

@@ -391,8 +391,9 @@ def training_metrics(
         "samples_per_sec": float(sum(s["samples_per_sec"] for s in summaries))
         * (num_proc / len(summaries)),
         "recency_half_life": float(meta["shape"]["recency_half_life"]),
-        # 1 when the final model trained (after its first epoch) on order-free contexts.
-        "bag_context": float((meta.get("context") or {}).get("after_first_epoch") == BAG),
+        # 1 when an epoch of the final model trained on order-free contexts (from the epochs'
+        # records: the decision after the first epoch trains nothing when no epoch follows).
+        "bag_context": float(any(h.get("context") == BAG for h in final)),
     }
     if best:
         metrics[f"val_ndcg_at_{k}"] = float(best[0][f"val_ndcg_at_{k}"])
