@@ -397,6 +397,7 @@ def test_user_vector_batches_carry_a_user_across_batches() -> None:
         vector_batch(rows[4:]),
     ]
     out = pa.Table.from_batches(list(user_vector_batches(iter(batches))))
+    assert out.num_rows == 3  # one row per user: "b" is not split where its batches end
     assert out.schema.field("embedding").type == pa.list_(pa.float32())
     got = dict(
         zip(out.column("user_id").to_pylist(), out.column("embedding").to_pylist(), strict=True)
