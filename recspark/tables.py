@@ -252,6 +252,13 @@ def version(spark: SparkSession, table: TableRef) -> int:
     return int(row["version"]) if row is not None else -1
 
 
+def table_id(spark: SparkSession, table: TableRef) -> str:
+    """The table's Delta id: made when the table is created, kept by its later commits and by
+    a copy of its folder; a table created again, or another warehouse's, has another."""
+    row = delta_table(spark, table).detail().select("id").first()
+    return str(row["id"]) if row is not None else ""
+
+
 def last_user_metadata(spark: SparkSession, table: TableRef) -> str | None:
     """The ``userMetadata`` of the table's latest commit (None: none, or no table)."""
     if not exists(spark, table):

@@ -1097,6 +1097,39 @@ def test_job_writes_vectors_and_reuses_the_finished_model(
     assert derive({"a": 1}, 7, {"silver/events": 0}).startswith("m-")
 
 
+def test_the_model_version_names_the_input_tables_not_only_their_versions(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    import shutil
+
+    from recspark import tables
+    from recspark.train import job
+
+    events, items, embs = synthetic(spark)
+
+    def warehouse(name: str) -> str:
+        wh = str(tmp_path / name)
+        for df, table in (
+            (events, tables.SILVER_EVENTS),
+            (items, tables.SILVER_ITEMS),
+            (embs, tables.GOLD_ITEM_EMBEDDINGS),
+        ):
+            tables.overwrite(df, wh, table)
+        return wh
+
+    def version_of(wh: str) -> str:
+        model_dir, read_versions = job.model_dir_of(spark, small_cfg(wh))
+        assert set(read_versions.values()) == {0}  # every input at v0 in each warehouse
+        return Path(model_dir).name
+
+    a, b = warehouse("a"), warehouse("b")
+    shutil.copytree(a, tmp_path / "copy")
+    # The same tables give the same version (a killed run resumes, a finished one is reused),
+    # and so does a copy of their folders; other tables at the same versions give another.
+    assert version_of(a) == version_of(a) == version_of(str(tmp_path / "copy"))
+    assert version_of(a) != version_of(b)
+
+
 @pytest.mark.parametrize(
     ("final_contexts", "expected"),
     [

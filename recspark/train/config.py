@@ -58,8 +58,8 @@ class TrainConfig:
     patience: int = 2
     validation_days: float = 7.0
     # Model version (folder name under <files>/models). Null: derived from the train
-    # settings, the seed and the Delta versions of the input tables, so that starting the same
-    # run again resumes it from its last checkpoint instead of starting over.
+    # settings, the seed and the Delta ids and versions of the input tables, so that starting
+    # the same run again resumes it from its last checkpoint instead of starting over.
     model_version: str | None = None
     # Validation ranking metric for early stopping: ndcg@k over all items, history excluded.
     validation_k: int = 10

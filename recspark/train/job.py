@@ -44,6 +44,9 @@ def model_dir_of(
     """The model folder of the current inputs (:data:`TRAIN_INPUTS`) and settings, and the
     inputs' Delta versions.
 
+    The version hashes the settings with each input's Delta table id and version, so another
+    warehouse, or the same tables created again, gives another model.
+
     ``folder`` is a sub-folder of the models (``evaluate``); ``cut`` describes what part of
     the inputs the model learns from (evaluate's holdout), and counts in the version like a
     setting. The same command on the same inputs finds the same folder: a killed run resumes
@@ -51,7 +54,14 @@ def model_dir_of(
     """
     read_versions = _input_versions(spark, cfg.warehouse, list(TRAIN_INPUTS))
     settings = _model_settings(cfg) if cut is None else {**_model_settings(cfg), "cut": cut}
-    version = model_version(settings, cfg.seed, read_versions, explicit)
+    # A version number says which commit of a table; the table's id says which table. Without
+    # it, two warehouses of other data at the same versions (a first ingest is v0 in each)
+    # named their models alike.
+    inputs = {
+        name: {"id": tables.table_id(spark, tables.ref(cfg.warehouse, name)), "version": v}
+        for name, v in read_versions.items()
+    }
+    version = model_version(settings, cfg.seed, inputs, explicit)
     path = f"{folder}/{version}" if folder else version
     return cfg.locations().model_dir(path), read_versions
 
@@ -89,8 +99,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     """Train (or resume, or reuse) the model of the current inputs and write its vectors.
 
     The model version is ``train.model_version`` or a hash of the train settings, the seed and
-    the Delta versions of the inputs: the same command on the same inputs resumes a killed run
-    from its last checkpoint, and reuses a finished model.
+    the Delta ids and versions of the inputs: the same command on the same inputs resumes a
+    killed run from its last checkpoint, and reuses a finished model.
     """
     wh = cfg.warehouse
     cfg = cfg.with_run_id()

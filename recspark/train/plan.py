@@ -196,9 +196,9 @@ def model_version(
 ) -> str:
     """The model version: ``explicit`` when given, else a hash of what determines the model.
 
-    Same settings, seed and input table versions give the same version, so that starting a
-    killed run again finds its checkpoints. Every train setting counts (the process count
-    changes the scaled learning rate, hence the model).
+    Same settings, seed and inputs (each table's Delta id and version) give the same version,
+    so that starting a killed run again finds its checkpoints. Every train setting counts (the
+    process count changes the scaled learning rate, hence the model).
     """
     if explicit is not None:
         if not _VERSION_RE.match(explicit):
