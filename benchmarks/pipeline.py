@@ -20,8 +20,11 @@ most 2x (b), so that the cost of a daily run follows the batch, not the history.
 hours on two cores.
 
 ``--reuse`` keeps generated data and warehouses of an earlier run (the daily step then needs
-the warehouse of the largest size). Figures are wall-clock seconds on this machine's
-``spark.master`` (local[2] unless ``--set spark.master=...``); run nothing else meanwhile.
+the warehouse of the largest size), and runs on them only the ``--stages`` their ``run.json``
+does not hold yet, adding their figures to it: ``--sizes 10000000 --stages evaluate --reuse
+--no-daily`` adds evaluate to a 10M run that stopped before it. ``--no-daily`` skips the daily
+case. Figures are wall-clock seconds on this machine's ``spark.master`` (local[2] unless
+``--set spark.master=...``); run nothing else meanwhile.
 """
 
 from __future__ import annotations
@@ -115,6 +118,12 @@ def per_event(runs: list[StageRun], events: int, cores: int) -> dict[str, float]
     return {r.stage: r.seconds * cores * 1e6 / events for r in runs}
 
 
+def missing_stages(requested: list[str], recorded: list[dict[str, object]]) -> list[str]:
+    """The ``requested`` stages that no ``recorded`` run (a ``run.json``) holds, in order (pure)."""
+    done = {r.get("stage") for r in recorded}
+    return [s for s in STAGES if s in requested and s not in done]
+
+
 def run_stages(stages: list[str], args: list[str], root: Path) -> list[StageRun]:
     """``recspark run`` when ``stages`` are all of them, else each stage's own command."""
     if list(stages) == list(STAGES):
@@ -132,6 +141,7 @@ def main() -> None:
     ap.add_argument("--daily-seed", type=int, default=7)
     ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--no-daily", action="store_true", help="skip the daily case")
     a = ap.parse_args()
     extra = [arg for s in a.extra for arg in ("--set", s)]
     sizes = sorted(a.sizes)
@@ -144,10 +154,16 @@ def main() -> None:
             root.mkdir(parents=True)
             gen = generate_args(data, n, seed=42, end=GENERATED_END, days=28)
             recspark("generate", gen, root / "generate.log")
-        if not (a.reuse and (root / "run.json").exists()):
+        recorded: list[dict[str, object]] = []
+        if a.reuse and (root / "run.json").exists():
+            recorded = json.loads((root / "run.json").read_text())
+        else:
             shutil.rmtree(wh, ignore_errors=True)
-            runs = run_stages(a.stages, run_args(data, wh, extra), root)
-            (root / "run.json").write_text(json.dumps([r.__dict__ for r in runs], default=str))
+        todo = missing_stages(a.stages, recorded)
+        if todo:
+            runs = run_stages(todo, run_args(data, wh, extra), root)
+            recorded += [r.__dict__ for r in runs]
+            (root / "run.json").write_text(json.dumps(recorded, default=str))
         results[n] = [StageRun(**r) for r in json.loads((root / "run.json").read_text())]
 
     print("\n| stage | " + " | ".join(f"{n:,} events: s (core-µs/event)" for n in sizes) + " |")
@@ -171,6 +187,8 @@ def main() -> None:
         for stage in stages:
             print(f"  {stage}: {costs[hi][stage] / costs[lo][stage]:.2f}x")
 
+    if a.no_daily:
+        return
     # The daily batch: into the largest warehouse (incremental) and into an empty one.
     n = sizes[-1]
     root = a.out / str(n)
