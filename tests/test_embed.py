@@ -32,6 +32,7 @@ from recspark.embed.model import (
 )
 from recspark.embed.transforms import (
     embed_items,
+    fits_broadcast,
     items_to_embed,
     prepare_items,
     user_embeddings,
@@ -448,7 +449,7 @@ def test_user_vector_batches_reject_unequal_or_null_vectors() -> None:
     ],
 )
 def test_fits_broadcast(items: int, dim: int, max_mb: int, expected: bool) -> None:
-    assert job.fits_broadcast(items, dim, max_mb) is expected
+    assert fits_broadcast(items, dim, max_mb) is expected
 
 
 # --- the job: incremental MERGE -----------------------------------------------------------

@@ -118,7 +118,13 @@ def test_content_baseline_matches_a_numpy_reference(spark: SparkSession) -> None
     uv, iv = content_vectors(train, emb_df)
     got_u = {r["user_id"]: np.array(r["vector"]) for r in uv.collect()}
     for u, items in history.items():
-        assert got_u[u] == pytest.approx(unit[items].mean(0), abs=1e-6)
+        mean = unit[items].mean(0)
+        assert got_u[u] == pytest.approx(mean / np.linalg.norm(mean), abs=1e-6)
+    # Vectors too wide to broadcast are joined by item: the same users' vectors.
+    joined, _ = content_vectors(train, emb_df, broadcast_items=False)
+    for r in joined.collect():
+        assert np.array(r["vector"]) == pytest.approx(got_u[r["user_id"]], abs=1e-6)
+    assert joined.count() == len(history)
     items = spark.createDataFrame(
         [(f"i{i:02d}", f"T{i}", "c") for i in range(N_ITEMS)],
         "item_id string, title string, category string",

@@ -25,7 +25,12 @@ from pyspark.sql import functions as F
 from recspark import tables
 from recspark.config import Config
 from recspark.embed.model import EncodeSettings, encode_settings
-from recspark.embed.transforms import embed_items, prepare_items, user_embeddings
+from recspark.embed.transforms import (
+    embed_items,
+    fits_broadcast,
+    prepare_items,
+    user_embeddings,
+)
 from recspark.errors import DependencyError, ModelError
 from recspark.schema import (
     EMBEDDING,
@@ -182,12 +187,6 @@ def _embed(
         finally:
             embedded.unpersist()
     return items_embedded, seconds
-
-
-def fits_broadcast(items: int, dim: int, max_mb: int) -> bool:
-    """Whether ``items`` vectors of ``dim`` float32 values take at most ``max_mb`` MiB: the
-    users' embeddings then broadcast them (pure)."""
-    return items * dim * 4 <= max_mb * 2**20
 
 
 # What gold/user_embeddings is computed from, besides its input tables' versions: a change of

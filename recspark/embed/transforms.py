@@ -10,6 +10,7 @@ from rows partitioned and sorted by user, summed with numpy inside ``mapInArrow`
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,6 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, FloatType, StringType, StructField, StructType
 
-from recspark.embed.model import EncodeSettings
 from recspark.errors import SchemaError
 from recspark.schema import (
     EMBEDDING,
@@ -31,6 +31,9 @@ from recspark.schema import (
     WEIGHT,
     require_columns,
 )
+
+if TYPE_CHECKING:  # torch is imported where texts are encoded, not by the users' vectors
+    from recspark.embed.model import EncodeSettings
 
 
 def item_embeddings_schema(
@@ -312,6 +315,12 @@ def user_vector_batches(
         yield _user_vector_batch(
             np.array([carry_user], dtype=object), carry_sum[None, :], user_type=user_type, **names
         )
+
+
+def fits_broadcast(items: int, dim: int, max_mb: int) -> bool:
+    """Whether ``items`` vectors of ``dim`` float32 values take at most ``max_mb`` MiB: the
+    users' embeddings then broadcast them (pure)."""
+    return items * dim * 4 <= max_mb * 2**20
 
 
 def user_embeddings(

@@ -11,7 +11,8 @@ from pyspark.ml.recommendation import ALS
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recspark.evaluate.metrics import unit_vectors, vector_sum
+from recspark.embed.transforms import user_embeddings
+from recspark.evaluate.metrics import unit_vectors
 from recspark.numbering import top_n
 from recspark.schema import EMBEDDING, ITEM_ID, POPULARITY, RANK, SCORE, USER_ID, VECTOR, WEIGHT
 
@@ -127,27 +128,35 @@ def content_vectors(
     user_col: str = USER_ID,
     item_col: str = ITEM_ID,
     embedding_col: str = EMBEDDING,
+    broadcast_items: bool = True,
 ) -> tuple[DataFrame, DataFrame]:
     """The content-only model: no learning, the items' text embeddings alone.
 
     Item vector: the item's text embedding at unit length; user vector: the mean of the item
-    vectors of the user's training items. Their dot product ranks items as the cosine between
-    the user's mean text embedding and each item's does (the user's length is the same for
-    every item), so the recommend kernel gives the cosine top-K.
+    vectors of the user's training items, at unit length. Their dot product ranks items as the
+    cosine between the user's mean text embedding and each item's does, so the recommend
+    kernel gives the cosine top-K. The users' means are embed's
+    (:func:`~recspark.embed.transforms.user_embeddings`, each distinct training item weighing
+    1): each user's rows summed by numpy in one task, no shuffle of joined vectors.
 
     Args:
         train: needs ``user_id``, ``item_id`` (training interactions).
         embeddings: needs ``item_id``, ``embedding``.
+        broadcast_items: broadcast the item vectors to the users' join (the caller sizes it,
+            as embed does with :func:`~recspark.embed.transforms.fits_broadcast`).
 
     Returns:
         ``(user_vectors, item_vectors)``: ``user_id`` / ``item_id`` with ``vector``
         (array<float>), ready for the recommend kernel.
     """
     items = unit_vectors(embeddings, item_col=item_col, embedding_col=embedding_col)
-    seen = train.select(F.col(user_col).alias(USER_ID), F.col(item_col).alias(ITEM_ID)).distinct()
-    sums = vector_sum(seen.join(items, ITEM_ID, "inner"), USER_ID, EMBEDDING)
-    mean = F.transform("_sum", lambda x: (x / F.col("_n")).cast("float"))
-    users = sums.select(F.col(USER_ID).alias(user_col), mean.alias(VECTOR))
+    seen = (
+        train.select(F.col(user_col).alias(USER_ID), F.col(item_col).alias(ITEM_ID))
+        .distinct()
+        .withColumn(WEIGHT, F.lit(1.0))
+    )
+    means = user_embeddings(seen, items, broadcast_items=broadcast_items)
+    users = means.select(F.col(USER_ID).alias(user_col), F.col(EMBEDDING).alias(VECTOR))
     return users, items.select(
         F.col(ITEM_ID).alias(item_col), F.col(EMBEDDING).cast("array<float>").alias(VECTOR)
     )

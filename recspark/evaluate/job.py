@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 
 from recspark import tables
 from recspark.config import Config, to_dict
+from recspark.embed.transforms import fits_broadcast
 from recspark.errors import StageNotReadyError
 from recspark.evaluate.baselines import (
     AlsParams,
@@ -41,6 +42,7 @@ from recspark.recommend.transforms import item_catalog, recommend
 from recspark.reporting.data import MetricRow
 from recspark.reporting.writer import write_evaluation_report
 from recspark.schema import (
+    EMBEDDING,
     ITEM_ID,
     METRIC,
     METRICS_SCHEMA,
@@ -307,7 +309,11 @@ def _als(r: _Run) -> tuple[DataFrame, str, str | None]:
 def _content(r: _Run) -> tuple[DataFrame, str, str | None]:
     if r.text is None:  # cannot happen: read whenever content is evaluated
         raise StageNotReadyError("evaluate: model 'content' needs item embeddings")
-    uv, iv = content_vectors(r.cut.train, r.text)
+    # Sized as embed sizes its users' join (embed.user_broadcast_max_mb): one home for it.
+    first = r.text.select(F.size(EMBEDDING).alias("dim")).first()
+    dim = int(first["dim"]) if first is not None else 0
+    broadcast = fits_broadcast(r.text.count(), dim, r.cfg.embed.user_broadcast_max_mb)
+    uv, iv = content_vectors(r.cut.train, r.text, broadcast_items=broadcast)
     return r.baseline_recs(uv, iv, "content"), "content", None
 
 
