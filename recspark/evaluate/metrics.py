@@ -18,6 +18,8 @@ embeddings within each list, averaged over lists of at least two items.
 
 from __future__ import annotations
 
+from pyspark.ml.feature import Normalizer
+from pyspark.ml.functions import array_to_vector, vector_to_array
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -102,12 +104,15 @@ def unit_vectors(
     """
     require_columns(embeddings.columns, [item_col, embedding_col], "item embeddings")
     v = F.col(embedding_col).cast("array<double>")
-    norm = F.sqrt(F.aggregate(v, F.lit(0.0), lambda acc, x: acc + x * x))
-    return (
-        embeddings.select(F.col(item_col).alias(ITEM_ID), v.alias("_v"), norm.alias("_n"))
-        .where(F.col("_n") > 0)
-        .select(ITEM_ID, F.transform("_v", lambda x: x / F.col("_n")).alias(EMBEDDING))
+    squares = F.aggregate(v, F.lit(0.0), lambda acc, x: acc + x * x)
+    kept = embeddings.where(squares > 0).select(
+        F.col(item_col).alias(ITEM_ID), array_to_vector(v).alias("_v")
     )
+    # Spark's Normalizer, not ``transform(v, x -> x / norm)``: the optimizer inlines the norm
+    # into that lambda, which then sums the vector again for each of its values (d^2 a row;
+    # 12 minutes for 50,000 vectors of 384 at 10M events).
+    unit = Normalizer(p=2.0, inputCol="_v", outputCol="_u").transform(kept)
+    return unit.select(ITEM_ID, vector_to_array("_u").alias(EMBEDDING))
 
 
 def vector_sum(vectors: DataFrame, key: str, vector_col: str) -> DataFrame:
