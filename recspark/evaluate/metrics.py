@@ -112,7 +112,7 @@ def unit_vectors(
     # into that lambda, which then sums the vector again for each of its values (d^2 a row;
     # 12 minutes for 50,000 vectors of 384 at 10M events).
     unit = Normalizer(p=2.0, inputCol="_v", outputCol="_u").transform(kept)
-    return unit.select(ITEM_ID, vector_to_array("_u").alias(EMBEDDING))
+    return unit.select(ITEM_ID, vector_to_array(F.col("_u")).alias(EMBEDDING))
 
 
 def vector_sum(vectors: DataFrame, key: str, vector_col: str) -> DataFrame:
