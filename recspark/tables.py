@@ -11,12 +11,13 @@ never do I/O.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from delta.tables import DeltaTable
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, DataFrameWriter, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from recspark import schema as S
@@ -338,6 +339,25 @@ def append(df: DataFrame, warehouse: Locations | str, name: str) -> None:
         _save(df.write.format("delta").mode("append"), table)
 
 
+def merge_condition(
+    keys: Sequence[str], target_in: Mapping[str, Sequence[str]] | None = None
+) -> Column:
+    """A MERGE's condition: the ``keys`` equal (``t.k = s.k``); with ``target_in``, also each
+    of its columns' target value among the given values.
+
+    Those are conjuncts on the target alone, so Spark filters the target's scan with them
+    before the MERGE's joins (a MERGE condition takes no subquery, hence the values). Every
+    source row's value must be among them: the matches are then the same, and a MERGE that
+    inserts (with deletion vectors: the source left outer join the target, which cannot
+    broadcast the source) shuffles only the target rows that can match, not the whole table.
+    How many values pay: :data:`recspark.ingest.store.TARGET_IN_VALUES`.
+    """
+    cond = F.expr(" AND ".join(f"t.`{k}` = s.`{k}`" for k in keys))
+    for column, values in (target_in or {}).items():
+        cond = cond & F.col(f"t.`{column}`").isin(list(values))
+    return cond
+
+
 def merge_new(
     spark: SparkSession,
     df: DataFrame,
@@ -379,7 +399,7 @@ def insert_new(
     table = ref(warehouse, name)
     check_columns(df, table)
     partitions = _partitioning(table, df, partition_by)
-    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    cond = merge_condition(keys)
 
     def attempt() -> tuple[int, bool]:
         if not exists(spark, table):
@@ -461,15 +481,16 @@ def merge_update(
     keys: Sequence[str],
     update: dict[str, str],
     txn: Txn,
+    target_in: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """MERGE ``df`` into the table: a matched row gets the ``update`` expressions (SQL over
     ``t.`` and ``s.``, by column), a new key is inserted; skipped when ``txn`` was written
     already, so a non-idempotent update (a sum) is applied once. The first write creates the
-    table from ``df``."""
+    table from ``df``. ``target_in``: see :func:`merge_condition`."""
     table = ref(warehouse, name)
     check_columns(df, table)
     partitions = _partitioning(table, df, None)
-    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    cond = merge_condition(keys, target_in)
 
     if not exists(spark, table):
         append_once(spark, df, warehouse, name, txn, partition_by=partitions)
@@ -507,12 +528,17 @@ def merge_upsert(
     name: str,
     keys: Sequence[str],
     delete_missing: bool = False,
+    target_in: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
-    """Update matched rows, insert new ones and (optionally) delete rows absent from ``df``."""
+    """Update matched rows, insert new ones and (optionally) delete rows absent from ``df``.
+    ``target_in``: see :func:`merge_condition` (not with ``delete_missing``, which concerns
+    every target row)."""
+    if delete_missing and target_in:
+        raise ValueError("merge_upsert: target_in cannot narrow a MERGE that deletes missing rows")
     table = ref(warehouse, name)
     check_columns(df, table)
     partitions = _partitioning(table, df, None)
-    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    cond = merge_condition(keys, target_in)
 
     def attempt() -> None:
         if not exists(spark, table) and _create(spark, df, table, partitions, rows=0) is not None:
@@ -532,14 +558,20 @@ def merge_upsert(
 
 
 def delete_matching(
-    spark: SparkSession, df: DataFrame, warehouse: Locations | str, name: str, keys: Sequence[str]
+    spark: SparkSession,
+    df: DataFrame,
+    warehouse: Locations | str,
+    name: str,
+    keys: Sequence[str],
+    target_in: Mapping[str, Sequence[str]] | None = None,
 ) -> int:
     """Delete the table's rows whose ``keys`` are in ``df`` (a MERGE: one commit, none when
-    the table does not exist); return how many. Deleting again deletes nothing."""
+    the table does not exist); return how many. Deleting again deletes nothing.
+    ``target_in``: see :func:`merge_condition`."""
     table = ref(warehouse, name)
     if not exists(spark, table):
         return 0
-    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    cond = merge_condition(keys, target_in)
 
     def attempt() -> int:
         merge = delta_table(spark, table).alias("t").merge(df.alias("s"), cond)

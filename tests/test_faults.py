@@ -37,6 +37,7 @@ from recspark.cli import (
 )
 from recspark.config import Config, load_config
 from recspark.errors import ConcurrentWriteError, ModelError, StorageError
+from recspark.ingest import store as IW
 from recspark.train import loop
 from recspark.train.artifacts import CHECKPOINT, load_checkpoint, write_text_atomic
 from recspark.train.distributed import LocalComm
@@ -314,6 +315,38 @@ def test_a_transaction_is_written_once_and_sums_are_added_once(
         {"k": "c", "v": 10},
     ]
     assert spark.conf.get("spark.databricks.delta.write.txnAppId", None) is None
+
+
+def test_a_merge_narrowed_to_the_sources_keys_changes_what_the_whole_merge_changes(
+    spark: SparkSession, warehouse: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add = {"v": "t.v + s.v"}
+    stored = spark.createDataFrame([("a", 1), ("b", 2), ("c", 3)], _KV)
+    batch = spark.createDataFrame([("a", 10), ("d", 5)], _KV)
+    for name in ("silver/whole", "silver/narrow"):
+        T.append_once(spark, stored, warehouse, name, T.Txn(name, 0))
+    T.merge_update(spark, batch, warehouse, "silver/whole", ["k"], add, T.Txn("s", 1))
+    only = IW.target_in(batch, "k")
+    assert only == {"k": ["a", "d"]}
+    T.merge_update(spark, batch, warehouse, "silver/narrow", ["k"], add, T.Txn("s", 1), only)
+    expected = [{"k": "a", "v": 11}, {"k": "b", "v": 2}, {"k": "c", "v": 3}, {"k": "d", "v": 5}]
+    for name in ("silver/whole", "silver/narrow"):
+        assert sorted(FX.read_rows(spark, warehouse, name) or [], key=str) == expected
+    # The values narrow the target: a source key outside them finds no stored row (so the
+    # caller must list every source key), and the upsert's insert adds it again.
+    T.merge_upsert(
+        spark, stored.where("k = 'b'"), warehouse, "silver/narrow", ["k"], target_in={"k": ["a"]}
+    )
+    assert [
+        r["v"] for r in FX.read_rows(spark, warehouse, "silver/narrow") or [] if r["k"] == "b"
+    ] == [2, 2]
+    with pytest.raises(ValueError, match="deletes missing rows"):
+        T.merge_upsert(
+            spark, batch, warehouse, "silver/narrow", ["k"], delete_missing=True, target_in=only
+        )
+    # Past the limit, no values: the MERGE reads the whole target.
+    monkeypatch.setattr(IW, "TARGET_IN_VALUES", 1)
+    assert IW.target_in(batch, "k") is None
 
 
 # ---------------------------------------------------------------------------------------------
