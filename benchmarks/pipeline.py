@@ -19,6 +19,13 @@ each case's fastest run: single runs of (b) took 32.0 to 42.2 s on one day, whic
 single factor more than a change to (a) did. The copy leaves out
 ``models/`` (training's output, 8.9 GB of the 10M warehouse), which ingest never reads.
 
+``--daily-embed`` also times embed's users' part around each (a): on the copy without
+``gold/user_embeddings``, ``recspark embed`` computes every user's vector; after the batch, it
+computes only the users whose interactions the batch changed (read from the change data feed of
+``silver/interactions``, which a warehouse made before the feed was on needs switched on once:
+``ALTER TABLE delta.`<warehouse>/silver/interactions` SET TBLPROPERTIES
+(delta.enableChangeDataFeed = true)``).
+
 ``--stages ingest`` runs only those stages (each as its own command, in order) instead of
 ``recspark run``: the daily case needs only ingest's tables, and the whole pipeline at 10M takes
 hours on two cores.
@@ -148,6 +155,9 @@ def main() -> None:
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--no-daily", action="store_true", help="skip the daily case")
     ap.add_argument("--daily-repeat", type=int, default=1, help="runs of each daily case")
+    ap.add_argument(
+        "--daily-embed", action="store_true", help="time embed's users' part around each (a)"
+    )
     a = ap.parse_args()
     extra = [arg for s in a.extra for arg in ("--set", s)]
     sizes = sorted(a.sizes)
@@ -184,8 +194,9 @@ def main() -> None:
         print(f"| {stage} | " + " | ".join(cells) + " |")
     for n in sizes:  # what evaluate's time went to (its summary, from this version on)
         ev = next((r.summary for r in results[n] if r.stage == "evaluate"), {})
-        if isinstance(ev.get("seconds_by_model"), dict):
-            by_model = ", ".join(f"{m} {v:.1f} s" for m, v in ev["seconds_by_model"].items())
+        seconds_by_model = ev.get("seconds_by_model")
+        if isinstance(seconds_by_model, dict):
+            by_model = ", ".join(f"{m} {v:.1f} s" for m, v in seconds_by_model.items())
             print(f"evaluate at {n:,} events, by model: {by_model}")
     if len(sizes) > 1:
         lo, hi = sizes[0], sizes[-1]
@@ -217,19 +228,28 @@ def main() -> None:
     base = ["--set", f"input.items={history_items}"]
     history: list[StageRun] = []
     alone: list[StageRun] = []
+    embeds: list[tuple[StageRun, StageRun]] = []
     repeat = max(1, a.daily_repeat)
     for i in range(repeat):
         run = f"-{i + 1}" if repeat > 1 else ""  # each run's log kept
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(root / "warehouse", copy, ignore=_top_level(root / "warehouse", "models"))
+        args = run_args(root / "data", copy, extra)
         try:
+            if a.daily_embed:
+                shutil.rmtree(copy / "gold" / "user_embeddings")
+                every = recspark("embed", args, root / f"daily-embed-all{run}.log")[0]
             for f, to in zip(files, added, strict=True):
                 shutil.copy(f, to)
             history += recspark(
                 "ingest",
-                [*run_args(root / "data", copy, extra), "--set", "ingest.mode=incremental"],
+                [*args, "--set", "ingest.mode=incremental"],
                 root / f"daily-history{run}.log",
             )[:1]
+            if a.daily_embed:
+                embeds.append(
+                    (every, recspark("embed", args, root / f"daily-embed-batch{run}.log")[0])
+                )
         finally:
             for to in added:
                 to.unlink(missing_ok=True)
@@ -252,6 +272,15 @@ def main() -> None:
             f"\ndaily batch: into the {n:,}-event warehouse {h.seconds:.1f} s (read "
             f"{events_read(h.summary)} records), into an empty one {e.seconds:.1f} s (read "
             f"{events_read(e.summary)}): {h.seconds / e.seconds:.2f}x (target <= 2x)"
+        )
+    for every, batch_users in embeds:
+        full, changes = every.summary, batch_users.summary
+        print(
+            f"daily embed, users' part: every user {full['users_seconds']} s "
+            f"({full['users_refresh']}, {full['users']:,} users), after the batch "
+            f"{changes['users_seconds']} s ({changes['users_refresh']}, "
+            f"{changes['users_changed']} users changed: {changes['users_refresh_reason']}): "
+            f"{float(str(changes['users_seconds'])) / float(str(full['users_seconds'])):.2f}x"
         )
     if len(history) > 1:
         fast_h, fast_e = min(r.seconds for r in history), min(r.seconds for r in alone)

@@ -35,6 +35,8 @@ from recspark.embed.transforms import (
     fits_broadcast,
     items_to_embed,
     prepare_items,
+    refreshed_user_embeddings,
+    touched_users,
     user_embeddings,
     user_vector_batches,
 )
@@ -527,12 +529,13 @@ def test_job_is_incremental(spark: SparkSession, job_cfg: Config, reference: Ref
     assert snapshot(gold(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)) == before
     # ... and no user vector computed or committed: its inputs' versions are those of the
     # last rewrite.
-    assert (s1["users_rewritten"], s1["users_broadcast"]) == (True, True)
-    assert (s2["users_rewritten"], s2["users_broadcast"]) == (False, None)
+    assert (s1["users_refresh"], s1["users_broadcast"]) == ("full", True)
+    assert (s2["users_refresh"], s2["users_broadcast"]) == ("skip", None)
     assert version(spark, wh, tables.GOLD_USER_EMBEDDINGS) == 0
 
-    # Only the interactions change, and the catalog is above embed.user_broadcast_max_mb:
-    # the users are rewritten, joined by item, from the new interactions.
+    # Only the interactions change (rewritten: every row's change is read, more users than
+    # embed.users_changed_max_fraction of those stored), and the catalog is above
+    # embed.user_broadcast_max_mb: the users are rewritten, joined by item.
     inter2 = [*inter, ("u2", "a", 3.0), ("u4", "b", 1.0)]
     rows = [(u, i, w, 1, TS, TS) for u, i, w in inter2]
     tables.overwrite(
@@ -542,11 +545,12 @@ def test_job_is_incremental(spark: SparkSession, job_cfg: Config, reference: Ref
         job_cfg, embed=dataclasses.replace(job_cfg.embed, user_broadcast_max_mb=0)
     )
     s2b = job.run(spark, joined)
-    assert (s2b["items_embedded"], s2b["users_rewritten"], s2b["users_broadcast"]) == (
+    assert (s2b["items_embedded"], s2b["users_refresh"], s2b["users_broadcast"]) == (
         0,
-        True,
+        "full",
         False,
     )
+    assert s2b["users_refresh_reason"] == "4 of 2 stored users changed"
     assert version(spark, wh, tables.GOLD_USER_EMBEDDINGS) == 1
     want2 = numpy_user_vectors(inter2, vecs)
     got2 = {
@@ -575,9 +579,180 @@ def test_job_is_incremental(spark: SparkSession, job_cfg: Config, reference: Ref
     other = dataclasses.replace(job_cfg, embed=dataclasses.replace(job_cfg.embed, max_length=16))
     s4 = job.run(spark, other)
     assert s4["items_embedded"] == 2 and s4["model_name"] != s1["model_name"]
-    assert s4["users_rewritten"] is True  # only the item vectors changed
+    assert s4["users_refresh"] == "full"  # only the item vectors changed, every one
     names = {r["model_name"] for r in gold(spark, wh, tables.GOLD_ITEM_EMBEDDINGS).collect()}
     assert names == {s4["model_name"]}
+
+
+_ITEM_VECTORS = StructType(
+    [StructField("item_id", StringType()), StructField("embedding", ArrayType(FloatType()))]
+)
+_INTERACTIONS = StructType(
+    [
+        StructField("user_id", StringType()),
+        StructField("item_id", StringType()),
+        StructField("weight", DoubleType()),
+    ]
+)
+_USERS = StructType([StructField("user_id", StringType())])
+
+
+def test_touched_users_and_their_refreshed_vectors(spark: SparkSession) -> None:
+    interactions = spark.createDataFrame(
+        [("u1", "a", 1.0), ("u1", "b", 3.0), ("u2", "b", 2.0), ("u3", "c", 1.0), ("u5", "a", 0.0)],
+        _INTERACTIONS,
+    )
+    inter_changes = spark.createDataFrame(
+        [("u1", "a", 1.0), ("u4", "c", 2.0), ("u5", "a", 0.0), (None, "a", 1.0)], _INTERACTIONS
+    )
+    item_changes = spark.createDataFrame([("c", [0.0, 1.0])], _ITEM_VECTORS)
+    users = spark.createDataFrame([("u1",), ("u3",), ("u4",), ("u5",)], _USERS)
+    assert_df_equality(
+        touched_users(interactions, inter_changes, item_changes), users, ignore_row_order=True
+    )
+    assert_df_equality(
+        touched_users(interactions, None, item_changes), users.where("user_id = 'u3'")
+    )
+    assert touched_users(interactions, None, None).count() == 0
+
+    vectors = spark.createDataFrame(
+        [("a", [1.0, 0.0]), ("b", [0.0, 1.0]), ("c", [0.6, 0.8])], _ITEM_VECTORS
+    )
+    every = user_embeddings(interactions, vectors)
+    for broadcast_items in (True, False):
+        got = refreshed_user_embeddings(
+            interactions, vectors, users, broadcast_items=broadcast_items
+        )
+        # The touched users' vectors are every user's, and those with none now (u4 left,
+        # u5's only weight is 0) get a null vector.
+        expected = users.join(every, on="user_id", how="left")
+        assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+        assert {r["user_id"] for r in got.where("embedding IS NULL").collect()} == {"u4", "u5"}
+
+
+_STATE = job.TableState
+
+
+@pytest.mark.parametrize(
+    ("last", "current", "expected"),
+    [
+        ((_STATE("i", 3), _STATE("e", 1)), (_STATE("i", 3), _STATE("e", 1)), ("skip", {})),
+        (None, (_STATE("i", 3), _STATE("e", 1)), ("full", {})),
+        ("{not json", (_STATE("i", 3), _STATE("e", 1)), ("full", {})),
+        # written before the tables' ids were recorded
+        (
+            '{"gold/item_embeddings": 1, "silver/interactions": 3, '
+            '"user_vectors": "weighted-mean/l2/v1"}',
+            (_STATE("i", 4), _STATE("e", 1)),
+            ("full", {}),
+        ),
+        ((_STATE("i", 3), _STATE("e", 1)), (_STATE("i2", 5), _STATE("e", 1)), ("full", {})),
+        ((_STATE("i", 3), _STATE("e", 1)), (_STATE("i", 2), _STATE("e", 1)), ("full", {})),
+        (
+            (_STATE("i", 3), _STATE("e", 1)),
+            (_STATE("i", 5), _STATE("e", 1)),
+            ("changes", {"silver/interactions": (4, 5)}),
+        ),
+        (
+            (_STATE("i", 3), _STATE("e", 1)),
+            (_STATE("i", 4), _STATE("e", 2)),
+            ("changes", {"silver/interactions": (4, 4), "gold/item_embeddings": (2, 2)}),
+        ),
+    ],
+)
+def test_plan_users(last: object, current: tuple, expected: tuple) -> None:
+    last_meta = job.users_inputs(*last) if isinstance(last, tuple) else last
+    plan = job.plan_users(last_meta, job.users_inputs(*current))
+    assert (plan.action, dict(plan.changes)) == expected
+    assert plan.reason
+
+
+def stored_users(spark: SparkSession, warehouse: str) -> DataFrame:
+    return gold(spark, warehouse, tables.GOLD_USER_EMBEDDINGS)
+
+
+def every_user(spark: SparkSession, warehouse: str) -> DataFrame:
+    return user_embeddings(
+        gold(spark, warehouse, tables.SILVER_INTERACTIONS),
+        gold(spark, warehouse, tables.GOLD_ITEM_EMBEDDINGS),
+    )
+
+
+def test_job_recomputes_only_the_users_that_changed(spark: SparkSession, job_cfg: Config) -> None:
+    wh = job_cfg.warehouse
+    cfg = dataclasses.replace(
+        job_cfg, embed=dataclasses.replace(job_cfg.embed, users_changed_max_fraction=0.5)
+    )
+    items = [item_row(i, f"Thing number {i}") for i in "abcd"]
+    inter = [(f"u{n}", "abcd"[n % 4], 1.0 + n) for n in range(8)] + [("u0", "b", 2.0)]
+    write_silver(spark, wh, items, inter)
+    assert job.run(spark, cfg)["users_refresh"] == "full"
+    users_version = version(spark, wh, tables.GOLD_USER_EMBEDDINGS)
+
+    # A day's MERGE into silver/interactions: u1's weight changes, u2's only row goes, u9
+    # arrives. Three of eight stored users: only they are computed, in one commit.
+    day = spark.createDataFrame(
+        [("u1", "b", 7.0, 1, TS, TS), ("u9", "c", 1.0, 1, TS, TS)], INTERACTIONS_SCHEMA
+    )
+    tables.merge_upsert(spark, day, wh, tables.SILVER_INTERACTIONS, ["user_id", "item_id"])
+    gone = spark.createDataFrame([("u2", "c")], "user_id string, item_id string")
+    tables.delete_matching(spark, gone, wh, tables.SILVER_INTERACTIONS, ["user_id", "item_id"])
+    s1 = job.run(spark, cfg)
+    assert (s1["users_refresh"], s1["users_changed"], s1["users"]) == ("changes", 3, 8)
+    assert version(spark, wh, tables.GOLD_USER_EMBEDDINGS) == users_version + 1
+    assert_df_equality(
+        stored_users(spark, wh), every_user(spark, wh), ignore_row_order=True, ignore_nullable=True
+    )
+    vecs = {
+        r["item_id"]: list(r["embedding"])
+        for r in gold(spark, wh, tables.GOLD_ITEM_EMBEDDINGS).collect()
+    }
+    now = [
+        (r["user_id"], r["item_id"], r["weight"])
+        for r in gold(spark, wh, tables.SILVER_INTERACTIONS).collect()
+    ]
+    want = numpy_user_vectors(now, vecs)
+    got = {r["user_id"]: np.asarray(r["embedding"]) for r in stored_users(spark, wh).collect()}
+    assert sorted(got) == sorted(want)
+    for user in want:
+        np.testing.assert_allclose(got[user], want[user], atol=1e-5)
+    # Nothing new: nothing computed, nothing committed.
+    assert job.run(spark, cfg)["users_refresh"] == "skip"
+    assert version(spark, wh, tables.GOLD_USER_EMBEDDINGS) == users_version + 1
+
+    # One item's text changes: its users, u3 and u7, are the ones recomputed.
+    changed = [*items[:3], item_row("d", "Another text for d")]
+    tables.overwrite(spark.createDataFrame(changed, SILVER_ITEMS_SCHEMA), wh, tables.SILVER_ITEMS)
+    s2 = job.run(spark, cfg)
+    assert (s2["items_embedded"], s2["users_refresh"], s2["users_changed"]) == (1, "changes", 2)
+    assert_df_equality(
+        stored_users(spark, wh), every_user(spark, wh), ignore_row_order=True, ignore_nullable=True
+    )
+
+    # Too many users touched: every user is rewritten.
+    many = spark.createDataFrame(
+        [(f"u{n}", "a", 1.0, 1, TS, TS) for n in range(5)], INTERACTIONS_SCHEMA
+    )
+    tables.merge_upsert(spark, many, wh, tables.SILVER_INTERACTIONS, ["user_id", "item_id"])
+    s3 = job.run(spark, cfg)
+    assert (s3["users_refresh"], s3["users_refresh_reason"]) == (
+        "full",
+        "5 of 8 stored users changed",
+    )
+
+    # A table that did not record its changes (created before the feed was on, or the feed
+    # switched off): every user is rewritten, and the summary says why.
+    path = tables.table_path(wh, tables.SILVER_INTERACTIONS)
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES (delta.enableChangeDataFeed = false)")
+    tables.merge_upsert(
+        spark, day.where("user_id = 'u1'"), wh, tables.SILVER_INTERACTIONS, ["user_id", "item_id"]
+    )
+    s4 = job.run(spark, cfg)
+    assert s4["users_refresh"] == "full"
+    assert "DELTA_MISSING_CHANGE_DATA" in s4["users_refresh_reason"]
+    assert_df_equality(
+        stored_users(spark, wh), every_user(spark, wh), ignore_row_order=True, ignore_nullable=True
+    )
 
 
 def test_job_bad_model_fails_before_spark_work(

@@ -37,7 +37,6 @@ from recspark.cli import (
 )
 from recspark.config import Config, load_config
 from recspark.errors import ConcurrentWriteError, ModelError, StorageError
-from recspark.ingest import store as IW
 from recspark.train import loop
 from recspark.train.artifacts import CHECKPOINT, load_checkpoint, write_text_atomic
 from recspark.train.distributed import LocalComm
@@ -326,7 +325,7 @@ def test_a_merge_narrowed_to_the_sources_keys_changes_what_the_whole_merge_chang
     for name in ("silver/whole", "silver/narrow"):
         T.append_once(spark, stored, warehouse, name, T.Txn(name, 0))
     T.merge_update(spark, batch, warehouse, "silver/whole", ["k"], add, T.Txn("s", 1))
-    only = IW.target_in(batch, "k")
+    only = T.target_in(batch, "k")
     assert only == {"k": ["a", "d"]}
     T.merge_update(spark, batch, warehouse, "silver/narrow", ["k"], add, T.Txn("s", 1), only)
     expected = [{"k": "a", "v": 11}, {"k": "b", "v": 2}, {"k": "c", "v": 3}, {"k": "d", "v": 5}]
@@ -345,8 +344,8 @@ def test_a_merge_narrowed_to_the_sources_keys_changes_what_the_whole_merge_chang
             spark, batch, warehouse, "silver/narrow", ["k"], delete_missing=True, target_in=only
         )
     # Past the limit, no values: the MERGE reads the whole target.
-    monkeypatch.setattr(IW, "TARGET_IN_VALUES", 1)
-    assert IW.target_in(batch, "k") is None
+    monkeypatch.setattr(T, "TARGET_IN_VALUES", 1)
+    assert T.target_in(batch, "k") is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,6 +30,10 @@ class EmbedConfig:
     # many MiB as float32 (50,000 items of 384 values: 73 MiB); above, the interactions are
     # joined to them by item, and the joined rows, one vector each, shuffled by user.
     user_broadcast_max_mb: int = 512
+    # Users' vectors are recomputed for the users whose interactions or items changed since the
+    # last run (read from the tables' change data) while they are at most this fraction of the
+    # stored users; above it, or without change data, every user's vector is rewritten.
+    users_changed_max_fraction: float = 0.25
 
     def __post_init__(self) -> None:
         # ValueError here becomes a one-line ConfigError naming the section (recspark.config).
@@ -40,6 +44,7 @@ class EmbedConfig:
             "torch_threads": self.torch_threads >= 0,
             "num_partitions": self.num_partitions >= 0,
             "user_broadcast_max_mb": self.user_broadcast_max_mb >= 0,
+            "users_changed_max_fraction": 0 <= self.users_changed_max_fraction <= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -51,6 +56,7 @@ class EmbedConfig:
                 "torch_threads": ">= 0 (0 = cores per task)",
                 "num_partitions": ">= 0 (0 = default parallelism)",
                 "user_broadcast_max_mb": ">= 0 (0 = never broadcast)",
+                "users_changed_max_fraction": "between 0 and 1 (0 = always rewrite every user)",
             }[name]
             raise ValueError(f"key '{name}' expected {expected}, found {getattr(self, name)!r}")
         if not self.model.strip():

@@ -2,10 +2,10 @@
 
 Reads the silver tables, embeds only the items whose text hash or model changed, MERGEs them
 into ``gold/item_embeddings`` on ``item_id`` (dropping items no longer in the catalog), and
-rewrites ``gold/user_embeddings`` (broadcasting the item vectors when they fit
+brings ``gold/user_embeddings`` up to date (broadcasting the item vectors when they fit
 ``embed.user_broadcast_max_mb``) when ``silver/interactions`` or ``gold/item_embeddings``
-changed since its last rewrite. A rerun on unchanged inputs embeds nothing and commits
-nothing.
+changed since its last commit: only the users their change data touches, or every user. A
+rerun on unchanged inputs embeds nothing and commits nothing.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from pyspark import StorageLevel
 from pyspark.errors import PySparkException
@@ -29,6 +30,8 @@ from recspark.embed.transforms import (
     embed_items,
     fits_broadcast,
     prepare_items,
+    refreshed_user_embeddings,
+    touched_users,
     user_embeddings,
 )
 from recspark.errors import DependencyError, ModelError
@@ -192,51 +195,178 @@ def _embed(
 # What gold/user_embeddings is computed from, besides its input tables' versions: a change of
 # the formula must rewrite the table even if its inputs did not change.
 USER_VECTORS = "weighted-mean/l2/v1"
+# The tables gold/user_embeddings is computed from, in its commits' metadata.
+USERS_FROM = (tables.SILVER_INTERACTIONS, tables.GOLD_ITEM_EMBEDDINGS)
 
 
-def users_inputs(interactions_version: int, items_version: int) -> str:
-    """The ``gold/user_embeddings`` commit's metadata: the formula and the versions of the
+@dataclass(frozen=True)
+class TableState:
+    """A Delta table's id (kept for its life, new when it is created again) and version."""
+
+    id: str
+    version: int
+
+
+def users_inputs(interactions: TableState, items: TableState) -> str:
+    """The ``gold/user_embeddings`` commit's metadata: the formula and the states of the
     tables it was computed from (pure)."""
+    states = dict(zip(USERS_FROM, (interactions, items), strict=True))
     return json.dumps(
-        {
-            "user_vectors": USER_VECTORS,
-            tables.SILVER_INTERACTIONS: interactions_version,
-            tables.GOLD_ITEM_EMBEDDINGS: items_version,
-        },
+        {"user_vectors": USER_VECTORS, **{n: asdict(st) for n, st in states.items()}},
         sort_keys=True,
     )
 
 
-def _refresh_user_embeddings(
-    spark: SparkSession, cfg: Config, items_total: int
-) -> tuple[bool, bool | None]:
-    """Rewrite ``gold/user_embeddings`` unless its last commit was computed from the versions
-    of ``silver/interactions`` and ``gold/item_embeddings`` that are current: a rerun with
-    nothing new computes no vector and commits nothing. The versions are taken before the
-    tables are read, so a commit that lands in between makes the next run rewrite (never
-    skip). Returns whether it rewrote and whether the item vectors were broadcast (None:
-    not rewritten)."""
-    wh = cfg.warehouse
-    inputs = users_inputs(
-        tables.version(spark, tables.ref(wh, tables.SILVER_INTERACTIONS)),
-        tables.version(spark, tables.ref(wh, tables.GOLD_ITEM_EMBEDDINGS)),
+@dataclass(frozen=True)
+class UsersPlan:
+    """What embed does with ``gold/user_embeddings``.
+
+    Attributes:
+        action: ``skip`` (its inputs are those of its last commit), ``changes`` (recompute the
+            users that the input tables' changes touch) or ``full`` (rewrite every user).
+        reason: why, for the run's summary.
+        changes: per input table that changed, the first and last version whose changes to
+            read (the last is the one its metadata records).
+    """
+
+    action: Literal["skip", "changes", "full"]
+    reason: str
+    changes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def _recorded(metadata: str | None) -> dict[str, TableState] | None:
+    """The input states a commit's metadata records for the current formula, else None."""
+    try:
+        found = json.loads(metadata) if metadata else None
+        if not isinstance(found, dict) or found.get("user_vectors") != USER_VECTORS:
+            return None
+        return {n: TableState(str(found[n]["id"]), int(found[n]["version"])) for n in USERS_FROM}
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def plan_users(last: str | None, current: str) -> UsersPlan:
+    """Plan the users' vectors from the metadata of ``gold/user_embeddings``' last commit
+    (``last``; None: no table) and the current inputs (``current``, :func:`users_inputs`)
+    (pure)."""
+    if last == current:
+        return UsersPlan("skip", "inputs unchanged since the last commit")
+    before, now = _recorded(last), _recorded(current)
+    if before is None or now is None:
+        return UsersPlan("full", "no earlier inputs recorded for this formula")
+    changes: dict[str, tuple[int, int]] = {}
+    for name in USERS_FROM:
+        old, new = before[name], now[name]
+        if old.id != new.id:
+            return UsersPlan("full", f"{name} was created again")
+        if new.version < old.version:
+            return UsersPlan("full", f"{name} went back from version {old.version}")
+        if new.version > old.version:
+            changes[name] = (old.version + 1, new.version)
+    return UsersPlan("changes", "inputs changed since the last commit", changes)
+
+
+def _state(spark: SparkSession, wh: str, name: str) -> TableState:
+    table = tables.ref(wh, name)
+    return TableState(tables.table_id(spark, table), tables.version(spark, table))
+
+
+@dataclass(frozen=True)
+class UsersRefresh:
+    """What the users' part of a run did (for its summary)."""
+
+    action: Literal["skip", "changes", "full"]
+    reason: str
+    changed: int | None = None  # users recomputed from the changes
+    broadcast: bool | None = None  # item vectors broadcast (None: nothing computed)
+
+
+def _touched(spark: SparkSession, wh: str, plan: UsersPlan, interactions: DataFrame) -> DataFrame:
+    """The users that the plan's changes touch (lazy: a table without change data for those
+    commits fails at the first action)."""
+
+    def changed(name: str) -> DataFrame | None:
+        if name not in plan.changes:
+            return None
+        return tables.changes(spark, tables.ref(wh, name), *plan.changes[name])
+
+    return touched_users(
+        interactions, changed(tables.SILVER_INTERACTIONS), changed(tables.GOLD_ITEM_EMBEDDINGS)
     )
+
+
+def _refresh_changed(
+    spark: SparkSession, cfg: Config, plan: UsersPlan, inputs: str, broadcast: bool
+) -> UsersRefresh | str:
+    """Recompute the users that the inputs' changes (``plan.changes``) touch and MERGE them
+    into ``gold/user_embeddings`` (one commit, recording ``inputs``); or, without that, the
+    reason to rewrite every user: the change data cannot be read, or it touches more than
+    ``embed.users_changed_max_fraction`` of the stored users."""
+    wh = cfg.warehouse
+    interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
+    users: DataFrame | None = None
+    try:
+        try:
+            # Delta checks for change data when the read is planned, or at the count.
+            users = _touched(spark, wh, plan, interactions).persist(StorageLevel.MEMORY_AND_DISK)
+            changed = _count(users)
+        except PySparkException as e:
+            gap = tables.change_data_gap(e)
+            if gap is None:
+                raise
+            return f"the inputs' change data cannot be read ({gap})"
+        stored = _count(tables.read(spark, wh, tables.GOLD_USER_EMBEDDINGS))
+        if changed > cfg.embed.users_changed_max_fraction * stored:
+            return f"{changed} of {stored} stored users changed"
+        gold_items = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
+        tables.merge_replace(
+            spark,
+            refreshed_user_embeddings(interactions, gold_items, users, broadcast_items=broadcast),
+            wh,
+            tables.GOLD_USER_EMBEDDINGS,
+            [USER_ID],
+            present=EMBEDDING,
+            target_in=tables.target_in(users, USER_ID),
+            user_metadata=inputs,
+        )
+        return UsersRefresh("changes", plan.reason, changed, broadcast)
+    finally:
+        if users is not None:
+            users.unpersist()
+
+
+def _refresh_user_embeddings(spark: SparkSession, cfg: Config, items_total: int) -> UsersRefresh:
+    """Bring ``gold/user_embeddings`` up to date with ``silver/interactions`` and
+    ``gold/item_embeddings`` (:func:`plan_users`): nothing when neither changed since its last
+    commit; else only the users their change data touches, while they are at most
+    ``embed.users_changed_max_fraction`` of the stored users (one MERGE); else every user (one
+    overwrite). The commit records the inputs' states, taken before they are read, so a commit
+    that lands in between is read again by the next run (never missed)."""
+    wh = cfg.warehouse
+    inputs = users_inputs(*(_state(spark, wh, n) for n in USERS_FROM))
     target = tables.ref(wh, tables.GOLD_USER_EMBEDDINGS)
-    if tables.last_user_metadata(spark, target) == inputs:
-        return False, None
+    plan = plan_users(tables.last_user_metadata(spark, target), inputs)
+    if plan.action == "skip":
+        return UsersRefresh("skip", plan.reason)
     interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
     gold_items = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
     first = gold_items.select(F.size(EMBEDDING).alias("dim")).first()
     broadcast = fits_broadcast(
         items_total, int(first["dim"]) if first else 0, cfg.embed.user_broadcast_max_mb
     )
+    reason = plan.reason
+    if plan.action == "changes":
+        done = _refresh_changed(spark, cfg, plan, inputs, broadcast)
+        if isinstance(done, UsersRefresh):
+            return done
+        reason = done
     tables.overwrite(
         user_embeddings(interactions, gold_items, broadcast_items=broadcast),
         wh,
         tables.GOLD_USER_EMBEDDINGS,
         user_metadata=inputs,
     )
-    return True, broadcast
+    return UsersRefresh("full", reason, None, broadcast)
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
@@ -257,7 +387,7 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     items_embedded, embed_seconds = _embed(spark, cfg, settings, items, existing, items_removed)
 
     t0 = time.perf_counter()
-    users_rewritten, broadcast = _refresh_user_embeddings(spark, cfg, items_total)
+    refresh = _refresh_user_embeddings(spark, cfg, items_total)
     users_seconds = time.perf_counter() - t0
     users = _count(tables.read(spark, wh, tables.GOLD_USER_EMBEDDINGS))
     users_total = _count(interactions.select(USER_ID).distinct())
@@ -273,8 +403,10 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "users": users,
         "users_without_embedding": users_total - users,
         "embed_seconds": round(embed_seconds, 3),
-        "users_rewritten": users_rewritten,
+        "users_refresh": refresh.action,
+        "users_refresh_reason": refresh.reason,
+        "users_changed": refresh.changed,
         "users_seconds": round(users_seconds, 3),
-        "users_broadcast": broadcast,
+        "users_broadcast": refresh.broadcast,
         "texts_per_second": round(items_embedded / embed_seconds, 1) if embed_seconds > 0 else None,
     }

@@ -317,6 +317,80 @@ def user_vector_batches(
         )
 
 
+def touched_users(
+    interactions: DataFrame,
+    interaction_changes: DataFrame | None,
+    item_changes: DataFrame | None,
+    *,
+    user_col: str = USER_ID,
+    item_col: str = ITEM_ID,
+) -> DataFrame:
+    """The users whose vector may have changed: those of the changed interaction rows, and
+    those with an interaction on a changed item (each once).
+
+    Args:
+        interactions: needs ``user_col``, ``item_col`` (the current interactions).
+        interaction_changes: needs ``user_col``: interaction rows inserted, updated or deleted
+            (None: none changed).
+        item_changes: needs ``item_col``: items whose vector was inserted, updated or deleted
+            (None: none changed).
+
+    Returns:
+        ``user_col``, one row per user (no null).
+    """
+    parts = []
+    if interaction_changes is not None:
+        require_columns(interaction_changes.columns, [user_col], "interaction changes")
+        parts.append(interaction_changes.select(user_col))
+    if item_changes is not None:
+        require_columns(item_changes.columns, [item_col], "item changes")
+        require_columns(interactions.columns, [user_col, item_col], "interactions")
+        items = item_changes.select(item_col).distinct()
+        parts.append(interactions.join(items, on=item_col, how="left_semi").select(user_col))
+    if not parts:
+        return interactions.select(user_col).limit(0)
+    users = parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+    return users.where(F.col(user_col).isNotNull()).distinct()
+
+
+def refreshed_user_embeddings(
+    interactions: DataFrame,
+    item_embeddings: DataFrame,
+    users: DataFrame,
+    *,
+    broadcast_items: bool = True,
+    user_col: str = USER_ID,
+    item_col: str = ITEM_ID,
+    weight_col: str = WEIGHT,
+    embedding_col: str = EMBEDDING,
+) -> DataFrame:
+    """The :func:`user_embeddings` of ``users`` alone, one row each: a user who has no vector
+    now (no usable interaction left) gets a null ``embedding_col``, so that the stored row
+    can be removed. The same vectors as computing every user's.
+
+    Args:
+        interactions: needs ``user_col``, ``item_col``, ``weight_col``.
+        item_embeddings: needs ``item_col``, ``embedding_col``.
+        users: needs ``user_col``, one row per user.
+        broadcast_items: as :func:`user_embeddings`'.
+
+    Returns:
+        ``user_col``, ``embedding_col`` (array<float>, null: no vector).
+    """
+    require_columns(users.columns, [user_col], "users")
+    theirs = interactions.join(users.select(user_col), on=user_col, how="left_semi")
+    fresh = user_embeddings(
+        theirs,
+        item_embeddings,
+        broadcast_items=broadcast_items,
+        user_col=user_col,
+        item_col=item_col,
+        weight_col=weight_col,
+        embedding_col=embedding_col,
+    )
+    return users.select(user_col).join(fresh, on=user_col, how="left")
+
+
 def fits_broadcast(items: int, dim: int, max_mb: int) -> bool:
     """Whether ``items`` vectors of ``dim`` float32 values take at most ``max_mb`` MiB: the
     users' embeddings then broadcast them (pure)."""

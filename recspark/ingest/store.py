@@ -45,25 +45,6 @@ def small(df: DataFrame, rows: int) -> DataFrame:
     return F.broadcast(df) if rows <= BROADCAST_ROWS else df
 
 
-# The most values of a column that a MERGE's condition lists to narrow the target's scan
-# (:func:`recspark.tables.merge_condition`): a batch's users, when so few. On the 10M-event
-# ``silver/interactions`` (8.4M rows), a 1% batch's MERGE took 15.6-17.7 s with none, 9.7-11.9 s
-# with its 1,002 users, 12.0-15.5 s with 10,000 values and 28-29 s with 100,000 (a plan that
-# large costs more than the shuffle it saves): past this many, the MERGE lists none.
-TARGET_IN_VALUES = 10_000
-
-
-def target_in(df: DataFrame, column: str) -> dict[str, list[str]] | None:
-    """``{column: its distinct non-null values in df}`` when there are at most
-    :data:`TARGET_IN_VALUES`, else None: what a MERGE of ``df`` may narrow its target to. An
-    action (a distinct of one column, cut at the limit)."""
-    col = F.col(column)
-    rows = df.where(col.isNotNull()).select(col).distinct().limit(TARGET_IN_VALUES + 1).collect()
-    if len(rows) > TARGET_IN_VALUES:
-        return None
-    return {column: sorted(str(r[0]) for r in rows)}
-
-
 # How a batch-sized frame (a batch's records, their classification) is kept between its passes:
 # on disk, not in memory. Millions of records held in memory take what the batch's own sorts
 # and aggregations need (a 10M-record batch in a 4g local driver ran out of memory).

@@ -366,12 +366,12 @@ def _update_interactions(
             cfg.warehouse,
             T.SILVER_INTERACTIONS,
             [S.USER_ID],
-            W.target_in(bots, S.USER_ID),
+            T.target_in(bots, S.USER_ID),
         )
     keys = [S.USER_ID, S.ITEM_ID]
     # The MERGE reads only the stored rows of the batch's users (when they are few enough to
     # list): the others cannot match, and its insert clause would shuffle them all.
-    only = W.target_in(accepted, S.USER_ID)
+    only = T.target_in(accepted, S.USER_ID)
     if txn is None:
         users = accepted.select(S.USER_ID).distinct()
         rows = N.interactions_of(events, users, event_weights=ic.event_weights)

@@ -124,6 +124,7 @@ def _quality(ingest: Mapping[str, Any]) -> str:
 _EMBED_KEYS = (
     "model_name", "items_total", "items_embedded", "items_unchanged", "items_removed",
     "users", "users_without_embedding", "embed_seconds", "texts_per_second", "users_seconds",
+    "users_refresh", "users_changed",
 )  # fmt: skip
 
 
