@@ -296,14 +296,20 @@ def _touched(spark: SparkSession, wh: str, plan: UsersPlan, interactions: DataFr
 
 
 def _refresh_changed(
-    spark: SparkSession, cfg: Config, plan: UsersPlan, inputs: str, broadcast: bool
+    spark: SparkSession,
+    cfg: Config,
+    plan: UsersPlan,
+    inputs: str,
+    *,
+    interactions: DataFrame,
+    gold_items: DataFrame,
+    broadcast: bool,
 ) -> UsersRefresh | str:
     """Recompute the users that the inputs' changes (``plan.changes``) touch and MERGE them
     into ``gold/user_embeddings`` (one commit, recording ``inputs``); or, without that, the
     reason to rewrite every user: the change data cannot be read, or it touches more than
     ``embed.users_changed_max_fraction`` of the stored users."""
     wh = cfg.warehouse
-    interactions = tables.read(spark, wh, tables.SILVER_INTERACTIONS)
     users: DataFrame | None = None
     try:
         try:
@@ -318,7 +324,6 @@ def _refresh_changed(
         stored = _count(tables.read(spark, wh, tables.GOLD_USER_EMBEDDINGS))
         if changed > cfg.embed.users_changed_max_fraction * stored:
             return f"{changed} of {stored} stored users changed"
-        gold_items = tables.read(spark, wh, tables.GOLD_ITEM_EMBEDDINGS)
         tables.merge_replace(
             spark,
             refreshed_user_embeddings(interactions, gold_items, users, broadcast_items=broadcast),
@@ -356,7 +361,15 @@ def _refresh_user_embeddings(spark: SparkSession, cfg: Config, items_total: int)
     )
     reason = plan.reason
     if plan.action == "changes":
-        done = _refresh_changed(spark, cfg, plan, inputs, broadcast)
+        done = _refresh_changed(
+            spark,
+            cfg,
+            plan,
+            inputs,
+            interactions=interactions,
+            gold_items=gold_items,
+            broadcast=broadcast,
+        )
         if isinstance(done, UsersRefresh):
             return done
         reason = done
