@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import LongType, StringType, StructField, StructType
@@ -234,3 +235,30 @@ def test_ingest_writes_its_tables_by_name(
     assert spark.table(events_table).count() == 2
     # No table went to the file location: only the event stream's checkpoint is there.
     assert sorted(p.name for p in (tmp_path / "files").iterdir()) == ["_checkpoints"]
+
+
+def test_change_data_and_a_replacing_merge_by_name(spark: SparkSession, uc_schema: str) -> None:
+    # A registered table with the change data feed, created by name.
+    name = T.GOLD_ITEM_EMBEDDINGS
+    table = T.ref(uc_schema, name)
+    vectors = "item_id string, embedding array<float>"
+    T.overwrite(spark.createDataFrame([("a", [1.0]), ("b", [2.0])], vectors), uc_schema, name)
+    replace = spark.createDataFrame([("a", None), ("c", [3.0])], vectors)
+    only = T.target_in(replace, "item_id")
+    T.merge_replace(
+        spark, replace, uc_schema, name, ["item_id"], "embedding", only, user_metadata="m1"
+    )
+    assert _rows(spark, table.location) == [("b", [2.0]), ("c", [3.0])]
+    assert T.last_user_metadata(spark, table) == "m1"
+    changed = T.changes(spark, table, 1, 1).collect()
+    assert sorted((r["item_id"], r["_change_type"]) for r in changed) == [
+        ("a", "delete"),
+        ("c", "insert"),
+    ]
+    # A table without the feed: reading its changes fails, and the failure is told apart.
+    T.overwrite(spark.createDataFrame([(1, "a")], KV), uc_schema, "silver/kv")
+    T.merge_upsert(spark, spark.createDataFrame([(1, "b")], KV), uc_schema, "silver/kv", ["k"])
+    with pytest.raises(PySparkException) as failure:
+        T.changes(spark, T.ref(uc_schema, "silver/kv"), 1, 1).collect()
+    assert T.change_data_gap(failure.value) == "DELTA_MISSING_CHANGE_DATA"
+    assert T.change_data_gap(ValueError("no condition")) is None
